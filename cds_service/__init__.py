@@ -1,0 +1,1 @@
+"""Low back pain CDS Hooks service."""

@@ -1,0 +1,201 @@
+"""Flask application factory: wiring, error handling, CORS and security headers.
+
+Nothing a client sends may produce a stack trace: every error leaves as JSON with a message that
+names the problem, and unexpected exceptions become a 500 that carries only the request id.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from importlib import resources
+
+from flask import Flask, Response, g, request
+from werkzeug.exceptions import HTTPException
+
+from .auth import AuthError, AuthUnavailable
+from .hooks_api import bp as hooks_bp
+from .hooks_api import json_response, new_request_id
+from .logging_setup import configure_logging
+from .metrics import REQUEST_LATENCY, exposition
+from .protocol import RequestError
+from .runtime import Runtime
+from .settings import Settings
+
+log = logging.getLogger("cds_service.http")
+PROTECTED_PREFIX = "/cds-services"
+SECURITY_HEADERS = {
+    "X-Content-Type-Options": "nosniff",
+    "X-Frame-Options": "DENY",
+    "Referrer-Policy": "no-referrer",
+    "Cross-Origin-Resource-Policy": "same-origin",
+}
+API_CSP = "default-src 'none'; frame-ancestors 'none'"
+
+
+def create_app(settings: Settings | None = None) -> Flask:
+    settings = (settings or Settings.from_env()).validate()
+    configure_logging(settings.log_level)
+    app = Flask(__name__)
+    app.config["MAX_CONTENT_LENGTH"] = settings.max_request_bytes
+    app.json.sort_keys = False
+    rt = Runtime.build(settings)
+    app.extensions["cds"] = rt
+    app.register_blueprint(hooks_bp)
+    _register_operational_routes(app, rt)
+    if settings.effective_console_enabled:
+        from .console import bp as console_bp
+
+        app.register_blueprint(console_bp)
+
+    @app.before_request
+    def start_request() -> Response | None:
+        g.request_id = new_request_id()
+        g.started = time.monotonic()
+        g.log_fields = {}
+        g.auth = None
+        if request.method == "OPTIONS":
+            return _preflight(settings)
+        if request.path.startswith(PROTECTED_PREFIX):
+            g.auth = rt.authenticator.authenticate(request.headers.get("Authorization"), _called_url(settings))
+        return None
+
+    @app.after_request
+    def finish_request(response: Response) -> Response:
+        for name, value in SECURITY_HEADERS.items():
+            response.headers.setdefault(name, value)
+        response.headers.setdefault("Content-Security-Policy", API_CSP)
+        if request.path.startswith(PROTECTED_PREFIX):
+            response.headers.setdefault("Cache-Control", "no-store")
+        response.headers["X-Request-ID"] = getattr(g, "request_id", "")
+        _cors_headers(settings, response)
+        duration = (time.monotonic() - getattr(g, "started", time.monotonic())) * 1000
+        rule = request.url_rule.rule if request.url_rule else "other"
+        endpoint = getattr(g, "log_fields", {}).get("service") or rule
+        REQUEST_LATENCY.labels(endpoint, str(response.status_code)).observe(duration / 1000)
+        log.info(
+            "request",
+            extra={
+                "request_id": getattr(g, "request_id", None),
+                "method": request.method,
+                "path": request.url_rule.rule if request.url_rule else "(unmatched)",
+                "status": response.status_code,
+                "duration_ms": round(duration, 1),
+                **getattr(g, "log_fields", {}),
+            },
+        )
+        return response
+
+    @app.errorhandler(RequestError)
+    def request_error(error: RequestError) -> Response:
+        g.log_fields = {**getattr(g, "log_fields", {}), "error": error.error, "field": error.field}
+        return json_response(error.body(), error.status)
+
+    @app.errorhandler(AuthError)
+    def auth_error(error: AuthError) -> Response:
+        g.log_fields = {**getattr(g, "log_fields", {}), "error": "unauthorized", "check": error.check}
+        return json_response(
+            {"error": "unauthorized", "message": error.reason}, 401, {"WWW-Authenticate": 'Bearer realm="cds-hooks"'}
+        )
+
+    @app.errorhandler(AuthUnavailable)
+    def auth_unavailable(_error: AuthUnavailable) -> Response:
+        # The jti replay check needs the database; failing closed beats accepting a possible replay.
+        g.log_fields = {**getattr(g, "log_fields", {}), "error": "auth-unavailable"}
+        return json_response(
+            {"error": "auth-unavailable", "message": "token replay check unavailable; retry later"},
+            503,
+            {"Retry-After": "5"},
+        )
+
+    @app.errorhandler(HTTPException)
+    def http_error(error: HTTPException) -> Response:
+        messages = {
+            404: "no such endpoint",
+            405: "method not allowed on this endpoint",
+            413: f"request body exceeds the limit of {settings.max_request_bytes} bytes",
+        }
+        status = error.code or 500
+        body = {"error": error.name.lower().replace(" ", "-"), "message": messages.get(status, error.name)}
+        return json_response(body, status)
+
+    @app.errorhandler(Exception)
+    def unexpected(error: Exception) -> Response:
+        log.error("unhandled error", extra={"request_id": getattr(g, "request_id", None),
+                                            "error_type": type(error).__name__})
+        return json_response(
+            {"error": "internal-error", "message": "unexpected error; quote the request id to support",
+             "requestId": getattr(g, "request_id", "")},
+            500,
+        )
+
+    return app
+
+
+def _called_url(settings: Settings) -> str:
+    """The URL the client called, as the JWT `aud` must state it (public base URL behind a proxy)."""
+    if settings.public_base_url:
+        return settings.public_base_url.rstrip("/") + request.path
+    return request.base_url
+
+
+def _origin_allowed(settings: Settings, origin: str | None) -> bool:
+    if not origin:
+        return False
+    if "*" in settings.cors_origins:
+        return True
+    if not settings.cors_origins and settings.environment == "development":
+        return True
+    return origin in settings.cors_origins
+
+
+def _preflight(settings: Settings) -> Response:
+    response = Response(status=204)
+    if not _origin_allowed(settings, request.headers.get("Origin")):
+        response.status_code = 403
+    return response
+
+
+def _cors_headers(settings: Settings, response: Response) -> None:
+    origin = request.headers.get("Origin")
+    response.vary.add("Origin")
+    if not _origin_allowed(settings, origin):
+        return
+    response.headers["Access-Control-Allow-Origin"] = origin
+    response.headers["Access-Control-Expose-Headers"] = "X-Request-ID"
+    if request.method == "OPTIONS":
+        response.headers["Access-Control-Allow-Methods"] = "GET, POST, OPTIONS"
+        response.headers["Access-Control-Allow-Headers"] = "Authorization, Content-Type, X-Request-ID"
+        response.headers["Access-Control-Max-Age"] = "600"
+
+
+def _register_operational_routes(app: Flask, rt: Runtime) -> None:
+    @app.get("/healthz")
+    def healthz() -> Response:
+        return json_response({"status": "ok"})
+
+    @app.get("/readyz")
+    def readyz() -> Response:
+        if rt.store.ping():
+            return json_response({"status": "ready", "database": "ok"})
+        return json_response({"status": "not-ready", "database": "unreachable"}, 503)
+
+    @app.get("/metrics")
+    def metrics() -> Response:
+        body, content_type = exposition()
+        return Response(body, content_type=content_type)
+
+    if rt.settings.bench_floor:
+
+        @app.post("/_bench/floor")
+        def bench_floor() -> Response:
+            """Benchmark floor: parse the JSON body and answer a fixed small body (no rules, no I/O)."""
+            import orjson
+
+            orjson.loads(request.get_data(cache=False))
+            return json_response({"cards": []})
+
+    @app.get("/openapi.yaml")
+    def openapi() -> Response:
+        text = resources.files("cds_service").joinpath("openapi.yaml").read_bytes()
+        return Response(text, mimetype="application/yaml")

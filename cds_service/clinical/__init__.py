@@ -1,0 +1,37 @@
+"""Clinical decision logic for low back pain: FHIR JSON -> PatientFacts -> rules -> Decisions.
+
+Pure: no HTTP, no file I/O (knowledge is loaded once at start-up), no clock (``now`` is passed in).
+This logic supports clinical judgement and never replaces it.
+"""
+
+from __future__ import annotations
+
+from cds_service.clinical.axspa import evaluate_axspa
+from cds_service.clinical.facts import PatientFacts, build_facts
+from cds_service.clinical.imaging import ORDER_HOOKS, evaluate_imaging
+from cds_service.clinical.knowledge import Knowledge, KnowledgeError
+from cds_service.clinical.model import Decision, EvaluationInput
+from cds_service.clinical.orders import OrderContext
+from cds_service.clinical.red_flags import evaluate_red_flags
+from cds_service.clinical.self_management import evaluate_self_management
+
+PATIENT_VIEW = "patient-view"
+
+
+def evaluate(inp: EvaluationInput, knowledge: Knowledge) -> list[Decision]:
+    """Decisions for one hook call: patient-view -> red-flag/cauda-equina, axSpA, self-management;
+    order-select/order-sign -> one imaging decision per lumbar imaging order; other hooks -> none."""
+    if inp.hook != PATIENT_VIEW and inp.hook not in ORDER_HOOKS:
+        return []
+    facts = build_facts(inp.record, knowledge, inp.now)
+    ctx = OrderContext.from_record(inp.record, inp.now)
+    if inp.hook == PATIENT_VIEW:
+        decisions = evaluate_red_flags(facts, knowledge)
+        axspa = evaluate_axspa(facts, knowledge, ctx)
+        decisions += axspa
+        decisions += evaluate_self_management(facts, knowledge, axspa_card_shown=bool(axspa))
+        return decisions
+    return evaluate_imaging(facts, inp.record, knowledge, inp.hook, ctx)
+
+
+__all__ = ["evaluate", "build_facts", "Knowledge", "KnowledgeError", "PatientFacts"]

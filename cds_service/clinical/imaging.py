@@ -1,0 +1,346 @@
+"""Imaging appropriateness for draft lumbar spine imaging orders (spec section 2).
+
+One card per lumbar imaging order; the first matching step decides:
+1 cauda equina -> cauda-equina; 2 other red flag -> imaging-appropriate; 3 suspected axSpA and CT/MRI ->
+axspa-sij-imaging; 4 prior lumbar imaging in the window -> repeat-imaging; 5 radicular pain/stenosis,
+>= 6 weeks, conservative care, MRI -> imaging-appropriate; 6 otherwise -> imaging-not-indicated.
+Orders that are not lumbar imaging, and orders for patients with no back pain on record and no back
+pain reason on the order, get no card. "6 weeks or more" = duration in days >= 42 (config).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from cds_service.clinical.axspa import AxSpaAssessment, assess_axspa, axspa_params
+from cds_service.clinical.citations import (
+    ACP_2011,
+    ACP_APS_2007,
+    ACR_LBP_2021,
+    ACR_SACROILIITIS_2016,
+    CHOOSING_WISELY,
+    EULAR_IMAGING_2015,
+    NICE_NG59,
+    NICE_NG65,
+)
+from cds_service.clinical.codes import concept_text, describe_coding
+from cds_service.clinical.decision_params import (
+    base_params,
+    criterion,
+    evidence_line,
+    red_flag_criteria,
+    red_flag_params,
+)
+from cds_service.clinical.facts import Finding, PatientFacts, order_back_pain_reason
+from cds_service.clinical.fhir_read import reference_of
+from cds_service.clinical.knowledge import Knowledge
+from cds_service.clinical.model import (
+    Citation,
+    Criterion,
+    Decision,
+    Evidence,
+    PatientRecord,
+    State,
+    SuggestionSpec,
+)
+from cds_service.clinical.orders import (
+    OrderContext,
+    SuggestionBuildError,
+    refer_physiotherapy,
+    remove_order,
+    replace_with_sij_imaging,
+)
+
+ORDER_HOOKS = frozenset({"order-select", "order-sign"})
+OPEN_ORDER_STATUSES = frozenset({"draft", "active", "on-hold"})
+MODALITIES = (
+    ("mri", "lumbar-imaging-mri", "MRI"),
+    ("ct", "lumbar-imaging-ct", "CT"),
+    ("xr", "lumbar-imaging-xr", "radiograph"),
+)
+
+
+@dataclass(frozen=True)
+class ImagingOrder:
+    resource: dict[str, Any]
+    reference: str
+    display: str
+    modality: str  # mri / ct / xr
+    modality_display: str
+    coding: dict[str, Any]
+
+
+def _unwrap(entry: Any) -> dict[str, Any] | None:
+    if isinstance(entry, dict) and "resourceType" not in entry and isinstance(entry.get("resource"), dict):
+        return entry["resource"]
+    return entry if isinstance(entry, dict) else None
+
+
+def _selected(order: dict[str, Any], selections: tuple[str, ...]) -> bool:
+    """selections hold "ServiceRequest/<id>" (absolute URLs and version suffixes tolerated)."""
+    wanted = ["ServiceRequest", order.get("id")]
+    for selection in selections:
+        if isinstance(selection, str):
+            parts = selection.split("/_history/")[0].rstrip("/").split("/")
+            if parts[-2:] == wanted:
+                return True
+    return False
+
+
+def lumbar_imaging_orders(record: PatientRecord, knowledge: Knowledge, hook: str) -> list[ImagingOrder]:
+    """The draft lumbar imaging ServiceRequests this hook is about (order-select: only the selections)."""
+    found: list[ImagingOrder] = []
+    for entry in record.draft_orders:
+        order = _unwrap(entry)
+        if not order or order.get("resourceType") != "ServiceRequest":
+            continue
+        if order.get("status") is not None and order.get("status") not in OPEN_ORDER_STATUSES:
+            continue
+        if hook == "order-select" and not _selected(order, record.selections):
+            continue
+        for modality, vs_id, modality_display in MODALITIES:
+            coding = knowledge.match(vs_id, order.get("code"))
+            if coding:
+                display = concept_text(order.get("code")) or modality_display
+                found.append(ImagingOrder(order, reference_of(order), display, modality, modality_display, coding))
+                break
+    return found
+
+
+def _order_params(order: ImagingOrder, step: int, from_reason: bool) -> dict[str, Any]:
+    return {
+        "order_reference": order.reference,
+        "order_display": order.display,
+        "order_modality": order.modality,
+        "order_modality_display": order.modality_display,
+        "imaging_step": step,
+        "back_pain_from_order_reason": from_reason,
+    }
+
+
+def _met(evidence: tuple[Evidence, ...] = (), note: str | None = None) -> Finding:
+    return Finding(State.MET, evidence, note)
+
+
+def _state(flag: bool, evidence: tuple[Evidence, ...] = (), note: str | None = None) -> Finding:
+    return Finding(State.MET if flag else State.NOT_MET, evidence, note)
+
+
+def evaluate_order(
+    order: ImagingOrder, facts: PatientFacts, knowledge: Knowledge, ctx: OrderContext
+) -> Decision | None:
+    t = knowledge.thresholds
+    reason = order_back_pain_reason(order.resource, knowledge, facts)
+    if not facts.episode.present and reason is None:
+        return None
+    base = base_params(facts, knowledge)
+    pain_evidence = facts.episode.conditions + ((reason,) if reason else ())
+    criteria: list[Criterion] = [
+        criterion(
+            "imaging-lumbar-order",
+            f"Lumbar spine {order.modality_display} order",
+            _met((_order_evidence(order),)),
+        ),
+        criterion("imaging-back-pain", "Low back pain on record or as the order's reason", _met(pain_evidence)),
+    ]
+    flags = facts.met_red_flags()
+    cauda = [f for f in flags if f.category == "cauda-equina"]
+    criteria.append(
+        criterion(
+            "imaging-cauda-equina",
+            "Cauda equina features",
+            _state(bool(cauda), tuple(e for f in cauda for e in f.finding.evidence)),
+        )
+    )
+    from_reason = not facts.episode.present
+    reasons = list(order.resource.get("reasonCode") or [])
+
+    def decision(
+        topic: str,
+        step: int,
+        citations: tuple[Citation, ...],
+        extra: dict[str, Any],
+        suggestions: Sequence[SuggestionSpec] = (),
+        more: tuple[Criterion, ...] = (),
+    ) -> Decision:
+        return Decision(
+            topic=topic,
+            rule=f"imaging.step-{step}",
+            citations=citations,
+            criteria=(*criteria, *more),
+            params={**base, **_order_params(order, step, from_reason), **extra},
+            suggestions=tuple(suggestions),
+            order_reference=order.reference,
+        )
+
+    # Step 1: cauda equina -- emergency; never suggest removing the order.
+    if cauda:
+        return decision(
+            "cauda-equina",
+            1,
+            (NICE_NG59, ACR_LBP_2021, ACP_APS_2007),
+            red_flag_params(flags),
+            more=red_flag_criteria(facts),
+        )
+    others = [f for f in flags if f.category != "cauda-equina"]
+    criteria.append(
+        criterion(
+            "imaging-red-flags",
+            "Other red flags",
+            _state(bool(others), tuple(e for f in others for e in f.finding.evidence)),
+        )
+    )
+    # Step 2: other red flags -- imaging appropriate, with the modality the ACR variant prefers.
+    if others:
+        return decision(
+            "imaging-appropriate",
+            2,
+            (ACR_LBP_2021, ACP_APS_2007, NICE_NG59),
+            {"reason": "red-flag", **red_flag_params(others)},
+            more=red_flag_criteria(facts),
+        )
+    # Step 3: suspected axSpA and a lumbar CT/MRI -- image the SI joints instead.
+    axspa = assess_axspa(facts, knowledge, reason)
+    criteria.append(
+        criterion(
+            "imaging-suspected-axspa",
+            "Suspected axial spondyloarthritis (NICE NG65)",
+            _state(axspa.suspected, note=f"NICE NG65 assessment: {axspa.outcome}"),
+        )
+    )
+    if axspa.suspected and order.modality in ("ct", "mri"):
+        suggestions = _try(
+            lambda: replace_with_sij_imaging(ctx, order.reference, order.display, reasons, _evidence_refs(axspa))
+        )
+        extra = {
+            **axspa_params(facts, axspa),
+            "sij_order_display": "XR Sacroiliac Joint Views",
+            "sij_imaging_text": "Radiograph of the sacroiliac joints first; MRI of the SI joints if unclear",
+        }
+        return decision(
+            "axspa-sij-imaging",
+            3,
+            (EULAR_IMAGING_2015, ACR_SACROILIITIS_2016, NICE_NG65),
+            extra,
+            suggestions,
+            more=(*axspa.nice,),
+        )
+    # Step 4: repeat imaging within the window.
+    window = t.prior_imaging_window_months
+    criteria.append(
+        criterion(
+            "imaging-prior-imaging",
+            f"Lumbar imaging in the last {window} months",
+            _state(bool(facts.prior_imaging), facts.prior_imaging),
+        )
+    )
+    if facts.prior_imaging:
+        prior = [{"reference": e.reference, "display": e.text, "date": e.date} for e in facts.prior_imaging]
+        extra = {
+            "prior_imaging": prior,
+            "prior_imaging_date": prior[0]["date"],
+            "prior_imaging_display": prior[0]["display"],
+            "window_months": window,
+        }
+        return decision(
+            "repeat-imaging",
+            4,
+            (ACR_LBP_2021, ACP_2011, CHOOSING_WISELY),
+            extra,
+            _try(lambda: remove_order(order.reference, order.display, recommended=False)),
+        )
+    # Step 5: radicular pain/stenosis, >= 6 weeks, conservative care, MRI: intervention candidate.
+    defer_days = 7 * t.imaging_defer_weeks
+    duration = facts.episode.duration_days
+    long_enough = duration is not None and duration >= defer_days
+    care = facts.conservative_care
+    criteria.extend(
+        [
+            criterion("imaging-radicular", "Radicular pain or spinal stenosis", facts.radicular),
+            criterion(
+                "imaging-duration-6-weeks",
+                f"Back pain for {t.imaging_defer_weeks} weeks or more",
+                Finding(State.NOT_DOCUMENTED, (), "onset not documented")
+                if duration is None
+                else _state(
+                    long_enough,
+                    (facts.episode.onset_evidence,) if facts.episode.onset_evidence else (),
+                    f"{duration} days" + (f"; {facts.episode.onset_note}" if facts.episode.onset_note else ""),
+                ),
+            ),
+            criterion(
+                "imaging-conservative-care",
+                f"Conservative care begun at least {t.conservative_care_min_weeks} weeks ago",
+                care,
+            ),
+            criterion("imaging-order-is-mri", "The order is an MRI", _state(order.modality == "mri")),
+        ]
+    )
+    care_lines = [evidence_line(e) for e in care.evidence] if care.met else []
+    if facts.radicular.met and long_enough and care.met and order.modality == "mri":
+        return decision(
+            "imaging-appropriate",
+            5,
+            (ACR_LBP_2021, NICE_NG59),
+            {
+                "reason": "radicular-surgical-candidate",
+                "conservative_care_evidence": care_lines,
+                "preferred_imaging_text": "MRI of the lumbar spine without contrast",
+            },
+        )
+    # Step 6: imaging not indicated.
+    if duration is None:
+        case = "duration-unknown"
+    elif duration < defer_days:
+        case = "under-6-weeks"
+    elif not care.met:
+        case = "no-conservative-care"
+    else:
+        case = "nonspecific"
+    suggestions = _try(lambda: remove_order(order.reference, order.display, recommended=True))
+    suggestions += _try(lambda: refer_physiotherapy(ctx, reasons, [e.reference for e in pain_evidence]))
+    extra = {
+        "case": case,
+        "defer_weeks": t.imaging_defer_weeks,
+        "conservative_care": care.met,
+        "conservative_care_evidence": care_lines,
+    }
+    return decision(
+        "imaging-not-indicated", 6, (ACP_2011, CHOOSING_WISELY, NICE_NG59, ACR_LBP_2021), extra, suggestions
+    )
+
+
+def _order_evidence(order: ImagingOrder) -> Evidence:
+    return Evidence(order.reference, f"Draft order: {describe_coding(order.coding)}")
+
+
+def _evidence_refs(assessment: AxSpaAssessment) -> list[str]:
+    return [
+        e.reference
+        for c in (*assessment.entry, *assessment.nice)
+        if c.state is State.MET
+        for e in c.evidence
+        if not e.reference.startswith("Patient/")
+    ]
+
+
+def _try(build: Callable[[], SuggestionSpec]) -> list[SuggestionSpec]:
+    try:
+        return [build()]
+    except SuggestionBuildError:
+        return []
+
+
+def evaluate_imaging(
+    facts: PatientFacts, record: PatientRecord, knowledge: Knowledge, hook: str, ctx: OrderContext
+) -> list[Decision]:
+    if hook not in ORDER_HOOKS:
+        return []
+    decisions = []
+    for order in lumbar_imaging_orders(record, knowledge, hook):
+        result = evaluate_order(order, facts, knowledge, ctx)
+        if result is not None:
+            decisions.append(result)
+    return decisions

@@ -1,0 +1,252 @@
+"""FHIR ServiceRequests and CDS Hooks actions behind the suggestions.
+
+Every created resource is a complete R4 ServiceRequest (status draft; intent "order" for lab and imaging
+orders, "proposal" for referrals, which the receiving service still has to accept), validated with
+fhir.resources R4B before it is returned. Ids are deterministic (UUID5 of patient, kind, code, source
+order and evaluation time) so that evaluation stays a pure function. Labels live in cards/: a
+SuggestionSpec carries only its ``kind`` and the label's params.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from fhir.resources.R4B.codeableconcept import CodeableConcept
+from fhir.resources.R4B.servicerequest import ServiceRequest
+
+from cds_service.clinical.codes import CPT, LOINC, SNOMED
+from cds_service.clinical.model import PatientRecord, SuggestionSpec
+
+_NAMESPACE = uuid.UUID("6f1c53f2-6a3e-4c59-9d0e-2f6a8f1f4b10")
+CATEGORY = "http://snomed.info/sct"
+
+
+@dataclass(frozen=True)
+class Code:
+    system: str
+    code: str
+    display: str
+
+    def coding(self) -> dict[str, str]:
+        return {"system": self.system, "code": self.code, "display": self.display}
+
+
+RHEUMATOLOGY_REFERRAL = Code(SNOMED, "306290009", "Referral to rheumatologist")
+PHYSIOTHERAPY_REFERRAL = Code(SNOMED, "306170007", "Referral to physiotherapy service")
+CRP_LAB = Code(LOINC, "1988-5", "C reactive protein [Mass/volume] in Serum or Plasma")
+HLA_B27_LAB = Code(LOINC, "4821-5", "HLA-B27 [Presence]")
+SIJ_XR_LOINC = Code(LOINC, "24900-3", "XR Sacroiliac Joint Views")
+SIJ_XR_CPT = Code(CPT, "72200", "Radiologic examination, sacroiliac joints; less than 3 views")
+LABS = {"crp": ("CRP", CRP_LAB), "hla-b27": ("HLA-B27", HLA_B27_LAB)}
+
+CATEGORY_LAB = {"system": CATEGORY, "code": "108252007", "display": "Laboratory procedure"}
+CATEGORY_IMAGING = {"system": CATEGORY, "code": "363679005", "display": "Imaging"}
+CATEGORY_REFERRAL = {"system": CATEGORY, "code": "3457005", "display": "Patient referral"}
+
+
+class SuggestionBuildError(ValueError):
+    """A created resource did not validate (a bug or unusable input): the suggestion is dropped."""
+
+
+@dataclass(frozen=True)
+class OrderContext:
+    """Who and where: the hook context values a created order needs."""
+
+    patient_id: str
+    encounter_id: str | None
+    user_id: str | None
+    now: datetime
+
+    @classmethod
+    def from_record(cls, record: PatientRecord, now: datetime) -> OrderContext:
+        return cls(record.patient_id, record.encounter_id, record.user_id, now)
+
+    @property
+    def requester(self) -> dict[str, str] | None:
+        user = self.user_id or ""
+        if user.startswith(("Practitioner/", "PractitionerRole/")):
+            return {"reference": user}
+        return None
+
+
+def clean_reason_codes(concepts: Iterable[Any]) -> list[dict[str, Any]]:
+    """Keep only reasonCode entries that are valid CodeableConcepts (they are copied from EHR input)."""
+    kept: list[dict[str, Any]] = []
+    for concept in concepts:
+        if not isinstance(concept, dict):
+            continue
+        try:
+            CodeableConcept.model_validate(concept)
+        except Exception:  # noqa: BLE001 - invalid input is dropped, never fatal
+            continue
+        kept.append(concept)
+    return kept
+
+
+def service_request(
+    ctx: OrderContext,
+    code: Code,
+    *,
+    kind: str,
+    intent: str,
+    category: dict[str, str],
+    reason_codes: Iterable[Any] = (),
+    supporting_info: Iterable[str] = (),
+    extra_codings: Iterable[Code] = (),
+    source: str = "",
+    note: str | None = None,
+) -> dict[str, Any]:
+    """A complete, validated draft ServiceRequest."""
+    seed = f"{ctx.patient_id}|{kind}|{code.system}|{code.code}|{source}|{ctx.now.isoformat()}"
+    resource: dict[str, Any] = {
+        "resourceType": "ServiceRequest",
+        "id": str(uuid.uuid5(_NAMESPACE, seed)),
+        "status": "draft",
+        "intent": intent,
+        "category": [{"coding": [category]}],
+        "priority": "routine",
+        "code": {"coding": [code.coding()] + [c.coding() for c in extra_codings], "text": code.display},
+        "subject": {"reference": f"Patient/{ctx.patient_id}"},
+        "authoredOn": ctx.now.isoformat(),
+    }
+    if ctx.encounter_id:
+        resource["encounter"] = {"reference": f"Encounter/{ctx.encounter_id.split('/')[-1]}"}
+    if ctx.requester:
+        resource["requester"] = ctx.requester
+    reasons = clean_reason_codes(reason_codes)
+    if reasons:
+        resource["reasonCode"] = reasons
+    usable = (r.split("#")[0] for r in supporting_info if isinstance(r, str) and "/" in r and "?" not in r)
+    refs = list(dict.fromkeys(usable))
+    if refs:
+        resource["supportingInfo"] = [{"reference": r} for r in refs]
+    if note:
+        resource["note"] = [{"text": note}]
+    try:
+        ServiceRequest.model_validate(resource)
+    except Exception as exc:  # noqa: BLE001
+        raise SuggestionBuildError(f"{kind}: created ServiceRequest does not validate: {exc}") from exc
+    return resource
+
+
+def _create(description: str, resource: dict[str, Any]) -> dict[str, Any]:
+    return {"type": "create", "description": description, "resource": resource}
+
+
+def remove_order(order_reference: str, order_display: str, *, recommended: bool = True) -> SuggestionSpec:
+    action = {
+        "type": "delete",
+        "description": f"Remove the draft order: {order_display}",
+        "resourceId": order_reference,
+    }
+    return SuggestionSpec("remove-order", (action,), recommended, {"order_display": order_display})
+
+
+def refer_physiotherapy(
+    ctx: OrderContext, reason_codes: Iterable[Any], supporting: Iterable[str] = ()
+) -> SuggestionSpec:
+    resource = service_request(
+        ctx,
+        PHYSIOTHERAPY_REFERRAL,
+        kind="refer-physiotherapy",
+        intent="proposal",
+        category=CATEGORY_REFERRAL,
+        reason_codes=reason_codes,
+        supporting_info=supporting,
+    )
+    return SuggestionSpec("refer-physiotherapy", (_create("Refer to physiotherapy", resource),), False, {})
+
+
+def refer_rheumatology(ctx: OrderContext, reason_codes: Iterable[Any], supporting: Iterable[str]) -> SuggestionSpec:
+    resource = _rheumatology_referral(ctx, reason_codes, supporting)
+    return SuggestionSpec("refer-rheumatology", (_create("Refer to rheumatology", resource),), True, {})
+
+
+def _rheumatology_referral(ctx: OrderContext, reason_codes: Iterable[Any], supporting: Iterable[str]) -> dict[str, Any]:
+    return service_request(
+        ctx,
+        RHEUMATOLOGY_REFERRAL,
+        kind="refer-rheumatology",
+        intent="proposal",
+        category=CATEGORY_REFERRAL,
+        reason_codes=reason_codes,
+        supporting_info=supporting,
+        note="Suspected axial spondyloarthritis (NICE NG65 criteria).",
+    )
+
+
+def lab_order(ctx: OrderContext, lab: str, reason_codes: Iterable[Any], supporting: Iterable[str]) -> dict[str, Any]:
+    _, code = LABS[lab]
+    return service_request(
+        ctx,
+        code,
+        kind=f"lab-{lab}",
+        intent="order",
+        category=CATEGORY_LAB,
+        reason_codes=reason_codes,
+        supporting_info=supporting,
+    )
+
+
+def refer_rheumatology_with_labs(
+    ctx: OrderContext, labs: list[str], reason_codes: Iterable[Any], supporting: Iterable[str]
+) -> SuggestionSpec:
+    """The referral plus the lab orders (only the labs given: those without a recent result)."""
+    reason_codes, supporting = list(reason_codes), list(supporting)
+    actions = [_create("Refer to rheumatology", _rheumatology_referral(ctx, reason_codes, supporting))]
+    names = []
+    for lab in labs:
+        name, _ = LABS[lab]
+        names.append(name)
+        actions.append(_create(f"Order {name}", lab_order(ctx, lab, reason_codes, supporting)))
+    return SuggestionSpec(
+        "refer-rheumatology-with-labs",
+        tuple(actions),
+        False,
+        {"labs": names, "labs_text": " and ".join(names)},
+    )
+
+
+def order_hla_b27(ctx: OrderContext, reason_codes: Iterable[Any], supporting: Iterable[str]) -> SuggestionSpec:
+    resource = lab_order(ctx, "hla-b27", reason_codes, supporting)
+    return SuggestionSpec("order-hla-b27", (_create("Order HLA-B27", resource),), True, {})
+
+
+def replace_with_sij_imaging(
+    ctx: OrderContext,
+    order_reference: str,
+    order_display: str,
+    reason_codes: Iterable[Any],
+    supporting: Iterable[str] = (),
+) -> SuggestionSpec:
+    """Delete the lumbar CT/MRI draft and create an SI-joint radiograph (EULAR 2015: radiograph first)."""
+    resource = service_request(
+        ctx,
+        SIJ_XR_LOINC,
+        kind="replace-with-sij-imaging",
+        intent="order",
+        category=CATEGORY_IMAGING,
+        reason_codes=reason_codes,
+        supporting_info=supporting,
+        extra_codings=(SIJ_XR_CPT,),
+        source=order_reference,
+        note="Suspected axial spondyloarthritis: image the SI joints (MRI of the SI joints if unclear).",
+    )
+    actions = (
+        {
+            "type": "delete",
+            "description": f"Remove the draft order: {order_display}",
+            "resourceId": order_reference,
+        },
+        _create("Order a radiograph of the sacroiliac joints", resource),
+    )
+    return SuggestionSpec(
+        "replace-with-sij-imaging",
+        actions,
+        True,
+        {"order_display": order_display, "replacement_display": SIJ_XR_LOINC.display},
+    )

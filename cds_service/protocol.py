@@ -1,0 +1,180 @@
+"""CDS Hooks 2.0 request/response validation against the JSON Schemas shipped in the package.
+
+Validators are compiled once at import. Errors name the offending field as a JSON path so an
+integration engineer can fix the request without reading our code.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from datetime import datetime
+from functools import cache
+from importlib import resources
+from typing import Any
+
+from jsonschema import Draft202012Validator, FormatChecker
+from jsonschema.exceptions import ValidationError
+from referencing import Registry, Resource
+
+SCHEMA_NAMES = (
+    "defs",
+    "request",
+    "context-patient-view",
+    "context-order-select",
+    "context-order-sign",
+    "response",
+    "feedback",
+)
+HOOK_CONTEXT_SCHEMAS = {
+    "patient-view": "context-patient-view",
+    "order-select": "context-order-select",
+    "order-sign": "context-order-sign",
+}
+
+
+class RequestError(Exception):
+    """A client error with the HTTP status and a message that names the field."""
+
+    def __init__(self, status: int, message: str, field: str | None = None, error: str = "bad-request"):
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.field = field
+        self.error = error
+
+    def body(self) -> dict[str, Any]:
+        body: dict[str, Any] = {"error": self.error, "message": self.message}
+        if self.field:
+            body["field"] = self.field
+        return body
+
+
+def load_schema(name: str) -> dict[str, Any]:
+    return json.loads(resources.files("cds_service.schemas").joinpath(f"{name}.json").read_text("utf-8"))
+
+
+@cache
+def _validators() -> dict[str, Draft202012Validator]:
+    schemas = {name: load_schema(name) for name in SCHEMA_NAMES}
+    registry: Registry = Registry().with_resources(
+        (schema["$id"], Resource.from_contents(schema)) for schema in schemas.values()
+    )
+    checker = FormatChecker(formats=())
+    checker.checks("date-time")(_is_rfc3339)
+    return {
+        name: Draft202012Validator(schema, registry=registry, format_checker=checker)
+        for name, schema in schemas.items()
+    }
+
+
+_RFC3339 = re.compile(
+    r"^\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(\.\d+)?([Zz]|[+-]\d{2}:\d{2})$"
+)
+
+
+def _is_rfc3339(value: object) -> bool:
+    if not isinstance(value, str):
+        return True
+    if not _RFC3339.match(value):
+        return False
+    try:
+        datetime.fromisoformat(value.replace("z", "Z").replace("Z", "+00:00"))
+    except ValueError:
+        return False
+    return True
+
+
+def _path(error: ValidationError, prefix: str) -> str:
+    path = prefix
+    for part in error.absolute_path:
+        path += f"[{part}]" if isinstance(part, int) else f".{part}"
+    if error.validator == "required" and isinstance(error.validator_value, list):
+        instance = error.instance if isinstance(error.instance, dict) else {}
+        missing = [name for name in error.validator_value if name not in instance]
+        if missing:
+            path += f".{missing[0]}"
+    elif error.validator == "dependentRequired" and isinstance(error.instance, dict):
+        for name, needed in error.validator_value.items():
+            if name in error.instance and any(n not in error.instance for n in needed):
+                path += f".{needed[0]}"
+                break
+    return path
+
+
+def _describe(error: ValidationError) -> str:
+    if error.validator == "required":
+        return "is required"
+    if error.validator == "type":
+        return f"must be of type {error.validator_value}"
+    if error.validator == "pattern":
+        return "has an invalid format"
+    if error.validator == "dependentRequired":
+        return "is required when fhirAuthorization is sent"
+    if error.validator in {"enum", "const"}:
+        allowed = error.validator_value if isinstance(error.validator_value, list) else [error.validator_value]
+        return "must be one of " + ", ".join(json.dumps(a) for a in allowed)
+    return error.message[:300]
+
+
+def first_error(schema: str, instance: Any, prefix: str = "$") -> tuple[str, str] | None:
+    """Return (field path, description) of the most relevant schema error, or None if valid."""
+    validator = _validators()[schema]
+    errors = sorted(validator.iter_errors(instance), key=lambda e: (len(list(e.absolute_path)), str(e.path)))
+    if not errors:
+        return None
+    error = errors[0]
+    while error.context:  # descend into anyOf/allOf to the concrete failure
+        error = sorted(error.context, key=lambda e: -len(list(e.absolute_path)))[0]
+    return _path(error, prefix), _describe(error)
+
+
+def validate_request(body: Any, service_hook: str) -> None:
+    """Validate a hook request for a service; raise RequestError(400) naming the field."""
+    if not isinstance(body, dict):
+        raise RequestError(400, "request body must be a JSON object", "$")
+    problem = first_error("request", body)
+    if problem:
+        raise RequestError(400, f"{problem[0]} {problem[1]}", problem[0])
+    if body["hook"] != service_hook:
+        raise RequestError(
+            400,
+            f"$.hook is {body['hook']!r} but this service handles {service_hook!r}",
+            "$.hook",
+            "wrong-hook",
+        )
+    problem = first_error(HOOK_CONTEXT_SCHEMAS[service_hook], body["context"], "$.context")
+    if problem:
+        raise RequestError(400, f"{problem[0]} {problem[1]}", problem[0])
+    context = body["context"]
+    if "selections" in context:
+        present = {
+            f"{entry['resource'].get('resourceType')}/{entry['resource'].get('id')}"
+            for entry in context["draftOrders"].get("entry", [])
+        }
+        for index, selection in enumerate(context["selections"]):
+            if selection not in present:
+                field = f"$.context.selections[{index}]"
+                raise RequestError(400, f"{field} {selection!r} is not an order in draftOrders", field)
+
+
+def validate_feedback(body: Any) -> None:
+    if not isinstance(body, dict):
+        raise RequestError(400, "request body must be a JSON object", "$")
+    problem = first_error("feedback", body)
+    if problem:
+        raise RequestError(400, f"{problem[0]} {problem[1]}", problem[0])
+
+
+def response_errors(response: Any) -> list[str]:
+    """All schema and rule violations of a CDS Hooks response (used by tests and the validator)."""
+    problems = [
+        f"{_path(e, '$')}: {e.message[:200]}" for e in _validators()["response"].iter_errors(response)
+    ]
+    for index, card in enumerate(response.get("cards", []) if isinstance(response, dict) else []):
+        suggestions = card.get("suggestions", []) if isinstance(card, dict) else []
+        if card.get("selectionBehavior") == "at-most-one":
+            recommended = sum(1 for s in suggestions if s.get("isRecommended"))
+            if recommended > 1:
+                problems.append(f"$.cards[{index}]: {recommended} suggestions recommended with at-most-one")
+    return problems

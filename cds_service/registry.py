@@ -1,0 +1,126 @@
+"""The service registry: each CDS service is a hook, its prefetch templates and a pure evaluate().
+
+Adding a rule touches cds_service/clinical and cards/ only; adding a service touches this file only.
+Prefetch templates are generated from the value sets at start-up so a site's local codes are
+searched for too. Why each template exists is documented in README ("Prefetch templates").
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from .clinical import evaluate as clinical_evaluate
+from .clinical.knowledge import Knowledge
+from .clinical.model import Decision, EvaluationInput
+
+QUESTIONNAIRE_URL = "http://example.org/fhir/lbp-cds/Questionnaire/back-pain-assessment"
+PATIENT = "{{context.patientId}}"
+
+
+@dataclass(frozen=True)
+class ServiceDefinition:
+    id: str
+    hook: str
+    title: str
+    description: str
+    prefetch: dict[str, str]
+    evaluate: Callable[[EvaluationInput], list[Decision]]
+    usage_requirements: str | None = None
+    # keys whose template asks for "the latest N" (_sort + _count): the first page is the answer
+    first_page_only: frozenset[str] = field(default_factory=frozenset)
+
+    def discovery(self) -> dict[str, object]:
+        entry: dict[str, object] = {
+            "hook": self.hook,
+            "id": self.id,
+            "title": self.title,
+            "description": self.description,
+            "prefetch": dict(self.prefetch),
+        }
+        if self.usage_requirements:
+            entry["usageRequirements"] = self.usage_requirements
+        return entry
+
+
+def prefetch_templates(knowledge: Knowledge) -> dict[str, str]:
+    """Every template any service uses, keyed by prefetch key."""
+    return {
+        "patient": f"Patient/{PATIENT}",
+        "conditions": f"Condition?patient={PATIENT}",
+        "crp": f"Observation?patient={PATIENT}&code={knowledge.search_tokens('crp')}&_sort=-date&_count=5",
+        "hlaB27": f"Observation?patient={PATIENT}&code={knowledge.search_tokens('hla-b27')}&_sort=-date&_count=5",
+        "temperatures": (
+            f"Observation?patient={PATIENT}&code={knowledge.search_tokens('body-temperature')}&_sort=-date&_count=50"
+        ),
+        "findings": f"Observation?patient={PATIENT}&code={knowledge.search_tokens('symptom-findings')}",
+        "questionnaireResponses": f"QuestionnaireResponse?patient={PATIENT}&questionnaire={QUESTIONNAIRE_URL}",
+        "medications": f"MedicationRequest?patient={PATIENT}",
+        "familyHistory": f"FamilyMemberHistory?patient={PATIENT}",
+        "serviceRequests": f"ServiceRequest?patient={PATIENT}",
+        "procedures": f"Procedure?patient={PATIENT}",
+        "imagingStudies": f"ImagingStudy?patient={PATIENT}",
+        "diagnosticReports": f"DiagnosticReport?patient={PATIENT}",
+    }
+
+
+LATEST_ONLY = frozenset({"crp", "hlaB27", "temperatures"})
+PATIENT_VIEW_KEYS = (
+    "patient", "conditions", "crp", "hlaB27", "temperatures", "findings",
+    "questionnaireResponses", "medications", "familyHistory", "serviceRequests",
+)
+ORDER_KEYS = (*PATIENT_VIEW_KEYS, "procedures", "imagingStudies", "diagnosticReports")
+
+
+def build_registry(knowledge: Knowledge) -> dict[str, ServiceDefinition]:
+    templates = prefetch_templates(knowledge)
+
+    def evaluate(inp: EvaluationInput) -> list[Decision]:
+        return clinical_evaluate(inp, knowledge)
+
+    def pick(keys: tuple[str, ...]) -> dict[str, str]:
+        return {key: templates[key] for key in keys}
+
+    services = [
+        ServiceDefinition(
+            id="lbp-patient-view",
+            hook="patient-view",
+            title="Low back pain: red flags, axial spondyloarthritis and self-management",
+            description=(
+                "When a chart opens: flags red flags for serious spinal pathology (cauda equina, malignancy, "
+                "infection, fracture, neurological deficit), suspected axial spondyloarthritis in chronic back "
+                "pain that began before 45 (NICE NG65) with a rheumatology referral or HLA-B27 test, and "
+                "self-management advice for nonspecific low back pain (NICE NG59, ACP 2017)."
+            ),
+            prefetch=pick(PATIENT_VIEW_KEYS),
+            evaluate=evaluate,
+            first_page_only=LATEST_ONLY,
+        ),
+        ServiceDefinition(
+            id="lbp-imaging-order-select",
+            hook="order-select",
+            title="Low back pain: lumbar imaging appropriateness (order selection)",
+            description=(
+                "While a lumbar spine X-ray, CT or MRI is selected: advises against routine imaging for "
+                "nonspecific low back pain without red flags (ACP 2011, NICE NG59, Choosing Wisely, ACR "
+                "Appropriateness Criteria 2021), lets imaging justified by red flags through, and suggests "
+                "sacroiliac-joint imaging when axial spondyloarthritis is suspected."
+            ),
+            prefetch=pick(ORDER_KEYS),
+            evaluate=evaluate,
+            first_page_only=LATEST_ONLY,
+        ),
+        ServiceDefinition(
+            id="lbp-imaging-order-sign",
+            hook="order-sign",
+            title="Low back pain: lumbar imaging appropriateness (order signing)",
+            description=(
+                "When orders are signed: the lumbar imaging appropriateness checks applied to every unsigned "
+                "lumbar spine imaging order."
+            ),
+            prefetch=pick(ORDER_KEYS),
+            evaluate=evaluate,
+            first_page_only=LATEST_ONLY,
+        ),
+    ]
+    return {service.id: service for service in services}

@@ -1,0 +1,47 @@
+"""Everything built once per worker at start-up: knowledge, registry, card catalog, store, clients."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .auth import Authenticator, SqlReplayCache
+from .cards import CardCatalog
+from .clinical.knowledge import Knowledge
+from .fhir_client import FhirClient
+from .registry import ServiceDefinition, build_registry
+from .settings import Settings
+from .store import Store
+
+
+@dataclass
+class Runtime:
+    settings: Settings
+    knowledge: Knowledge
+    services: dict[str, ServiceDefinition]
+    catalog: CardCatalog
+    store: Store
+    fhir: FhirClient
+    authenticator: Authenticator
+
+    @classmethod
+    def build(cls, settings: Settings) -> Runtime:
+        knowledge = Knowledge.load(settings.site_config)
+        store = Store(settings.effective_database_url, settings.patient_hash_key)
+        replay_cache = SqlReplayCache(store.engine)
+        # A database that is down at start-up must not stop hooks from being answered:
+        # the store retries schema creation on first use and /readyz reports not-ready meanwhile.
+        if store.create_schema():
+            replay_cache.create_table(store.engine)
+        return cls(
+            settings=settings,
+            knowledge=knowledge,
+            services=build_registry(knowledge),
+            catalog=CardCatalog.load(settings.cards_dir),
+            store=store,
+            fhir=FhirClient(
+                timeout=settings.fhir_timeout_seconds,
+                max_pages=settings.fhir_max_pages,
+                max_response_bytes=settings.fhir_max_response_bytes,
+            ),
+            authenticator=Authenticator(settings, replay_cache),
+        )
