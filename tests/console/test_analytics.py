@@ -1,0 +1,219 @@
+"""Feedback analytics on SQLite and PostgreSQL: the queries, the JSON/CSV endpoints and
+`cds-service report`. One hand-built data set whose every figure is known in advance."""
+
+from __future__ import annotations
+
+import csv
+import io
+from datetime import UTC, date, datetime
+from pathlib import Path
+
+import pytest
+
+from cds_service import cli
+from cds_service.analytics import MAX_PERIOD_DAYS, Period, PeriodError, build_report, main
+from cds_service.store import ServedCard, Store
+
+PV, OS = "lbp-patient-view", "lbp-imaging-order-select"
+SINCE, UNTIL = "2026-03-02", "2026-03-15"  # two whole ISO weeks (Monday to Sunday)
+REASON_SYSTEM = "http://example.org/fhir/lbp-cds/CodeSystem/override-reason"
+
+
+def at(text: str) -> datetime:
+    return datetime.fromisoformat(text).replace(tzinfo=UTC)
+
+
+def serve(store: Store, card: str, service: str, topic: str, when: str) -> None:
+    hook = "patient-view" if service == PV else "order-select"
+    store.record_served([ServedCard(card, service, hook, f"hi-{card}", topic, "warning", (f"{card}-s1",))],
+                        "patient-1", at(when))
+
+
+def answer(store: Store, service: str, card: str, outcome: str, when: str, reason: str | None = None,
+           comment: str | None = None) -> None:
+    item: dict = {"card": card, "outcome": outcome, "outcomeTimestamp": when + "Z"}
+    if outcome == "accepted":
+        item["acceptedSuggestions"] = [{"id": f"{card}-s1"}]
+    if reason or comment:
+        item["overrideReason"] = {}
+        if reason:
+            item["overrideReason"]["reason"] = {"system": REASON_SYSTEM, "code": reason, "display": reason.title()}
+        if comment:
+            item["overrideReason"]["userComment"] = comment
+    store.record_feedback(service, [item], at(when))
+
+
+def seed(store: Store) -> None:
+    """axspa-referral (patient-view): 4 cards in the period — accepted; overridden then accepted
+    (latest wins); overridden with a comment; unanswered (its only feedback went to the wrong service).
+    imaging-not-indicated (order-select): 1 card on the period's last minute, overridden without a
+    comment. Outside the period: one card the minute before, one the minute after. Plus feedback for
+    a card the service never served."""
+    store.create_schema()
+    serve(store, "a1", PV, "axspa-referral", "2026-03-02T00:00:00")
+    answer(store, PV, "a1", "accepted", "2026-03-02T00:05:00")
+    serve(store, "a2", PV, "axspa-referral", "2026-03-03T10:00:00")
+    answer(store, PV, "a2", "overridden", "2026-03-03T10:01:00", reason="patient-declines")
+    answer(store, PV, "a2", "accepted", "2026-03-03T10:09:00")
+    serve(store, "a3", PV, "axspa-referral", "2026-03-09T09:00:00")
+    answer(store, PV, "a3", "overridden", "2026-03-20T09:00:00", reason="alternative-diagnosis",
+           comment="Hip osteoarthritis explains it")
+    serve(store, "a4", PV, "axspa-referral", "2026-03-10T09:00:00")
+    answer(store, OS, "a4", "accepted", "2026-03-10T09:05:00")  # service-mismatch: ignored
+    serve(store, "b1", OS, "imaging-not-indicated", "2026-03-15T23:59:00")
+    answer(store, OS, "b1", "overridden", "2026-03-16T00:03:00", reason="failed-conservative-care")
+    serve(store, "b0", OS, "imaging-not-indicated", "2026-03-01T23:59:00")
+    answer(store, OS, "b0", "accepted", "2026-03-02T00:01:00")
+    serve(store, "b2", OS, "imaging-not-indicated", "2026-03-16T00:00:00")
+    answer(store, OS, "b2", "accepted", "2026-03-16T00:01:00")
+    answer(store, PV, "never-served", "accepted", "2026-03-05T12:00:00")
+
+
+@pytest.fixture
+def seeded_url(database_url: str) -> str:
+    store = Store(database_url)
+    seed(store)
+    store.engine.dispose()
+    return database_url
+
+
+@pytest.fixture
+def report(seeded_url: str):
+    store = Store(seeded_url)
+    try:
+        yield build_report(store.engine, Period.parse(SINCE, UNTIL), None, {"axspa-referral": "AxSpA referral"})
+    finally:
+        store.engine.dispose()
+
+
+def test_topics_latest_answer_and_rates(report) -> None:
+    by_topic = {(t.service_id, t.topic): t for t in report.topics}
+    assert set(by_topic) == {(PV, "axspa-referral"), (OS, "imaging-not-indicated")}
+    axspa = by_topic[(PV, "axspa-referral")]
+    assert (axspa.served, axspa.accepted, axspa.overridden, axspa.no_answer) == (4, 2, 1, 1)
+    assert axspa.acceptance_rate == 0.5 and axspa.override_rate == 0.25
+    assert axspa.display == "AxSpA referral"
+    assert [(r.code, r.count) for r in axspa.reasons] == [("alternative-diagnosis", 1)]  # a2's override was superseded
+    imaging = by_topic[(OS, "imaging-not-indicated")]
+    assert (imaging.served, imaging.accepted, imaging.overridden) == (1, 0, 1)
+    assert [(r.code, r.display, r.system, r.count) for r in imaging.reasons] == [
+        ("failed-conservative-care", "Failed-Conservative-Care", REASON_SYSTEM, 1)]
+    assert imaging.display == "imaging-not-indicated"  # no display known: the code
+    totals = report.totals
+    assert (totals.served, totals.accepted, totals.overridden, totals.no_answer) == (5, 2, 2, 1)
+    assert report.unknown_card_feedback == 1
+    assert [t.topic for t in report.topics] == ["axspa-referral", "imaging-not-indicated"]  # most served first
+
+
+def test_weekly_buckets_and_comments(report) -> None:
+    weeks = [(w.week_start.isoformat(), w.served, w.accepted, w.overridden, w.partial) for w in report.weeks]
+    assert weeks == [("2026-03-02", 2, 2, 0, False), ("2026-03-09", 3, 0, 2, False)]
+    assert [(w.served, w.overridden) for w in report.weeks_by_topic["imaging-not-indicated"]] == [(0, 0), (1, 1)]
+    assert [(c.topic, c.reason_code, c.comment) for c in report.comments] == [
+        ("axspa-referral", "alternative-diagnosis", "Hip osteoarthritis explains it")]
+    assert report.comments[0].outcome_timestamp == at("2026-03-20T09:00:00")
+
+
+def test_service_filter_and_partial_weeks(seeded_url: str) -> None:
+    store = Store(seeded_url)
+    try:
+        only = build_report(store.engine, Period.parse("2026-03-04", "2026-03-16"), OS)
+    finally:
+        store.engine.dispose()
+    assert [(t.service_id, t.topic, t.served, t.accepted, t.overridden) for t in only.topics] == [
+        (OS, "imaging-not-indicated", 2, 1, 1)]
+    assert [(w.week_start.isoformat(), w.partial) for w in only.weeks] == [
+        ("2026-03-02", True), ("2026-03-09", False), ("2026-03-16", True)]
+    assert only.unknown_card_feedback == 0  # the unknown card's feedback went to the patient-view service
+
+
+def test_empty_database_reports_zero(tmp_path: Path) -> None:
+    store = Store(f"sqlite:///{tmp_path / 'empty.sqlite3'}")
+    report = build_report(store.engine, Period.parse(SINCE, UNTIL))
+    assert report.database_ready is False and report.topics == [] and report.totals.served == 0
+    assert report.as_json()["totals"]["acceptanceRate"] is None
+    assert "nothing served" in report.to_text()
+
+
+@pytest.mark.parametrize(
+    ("since", "until", "message"),
+    [("2026-03-10", "2026-03-01", "after"), ("03/01/2026", None, "since"), (None, "tomorrow", "until"),
+     ("2020-01-01", "2026-01-01", str(MAX_PERIOD_DAYS))],
+)
+def test_period_errors(since: str | None, until: str | None, message: str) -> None:
+    with pytest.raises(PeriodError, match=message):
+        Period.parse(since, until, today=date(2026, 11, 21))
+
+
+def test_period_defaults() -> None:
+    period = Period.parse(None, None, today=date(2026, 11, 21))
+    assert (period.since, period.until) == (date(2026, 8, 24), date(2026, 11, 21))
+    assert period.end == at("2026-11-22T00:00:00")
+
+
+# --------------------------------------------------------------------------------------------
+# JSON and CSV endpoints
+# --------------------------------------------------------------------------------------------
+
+
+def test_json_endpoint_matches_the_report(make_app, seeded_url: str) -> None:
+    client = make_app(database_url=seeded_url).test_client()
+    body = client.get(f"/console/api/analytics?since={SINCE}&until={UNTIL}").get_json()
+    assert body["period"] == {"since": SINCE, "until": UNTIL}
+    assert body["totals"] == {"served": 5, "accepted": 2, "overridden": 2, "noAnswer": 1, "acceptanceRate": 0.4,
+                              "overrideRate": 0.4, "unknownCardFeedback": 1}
+    axspa = next(t for t in body["topics"] if t["topic"] == "axspa-referral")
+    assert axspa["display"].startswith("Suspected axial spondyloarthritis")  # from the card files
+    assert (axspa["served"], axspa["accepted"], axspa["acceptanceRate"]) == (4, 2, 0.5)
+    assert [w["served"] for w in body["weeks"]] == [2, 3]
+    assert body["comments"][0]["comment"] == "Hip osteoarthritis explains it"
+    assert {s["id"] for s in body["services"]} == {PV, OS, "lbp-imaging-order-sign"}
+    filtered = client.get(f"/console/api/analytics?since={SINCE}&until={UNTIL}&service={OS}").get_json()
+    assert [t["topic"] for t in filtered["topics"]] == ["imaging-not-indicated"]
+
+
+def test_json_endpoint_rejects_bad_periods(make_app) -> None:
+    client = make_app().test_client()
+    response = client.get("/console/api/analytics?since=2026-13-01")
+    assert response.status_code == 400 and "since" in response.get_json()["message"]
+    assert client.get("/console/api/analytics").status_code == 200  # default: the last 90 days
+
+
+def test_csv_endpoint(make_app, seeded_url: str) -> None:
+    response = make_app(database_url=seeded_url).test_client().get(
+        f"/console/api/analytics.csv?since={SINCE}&until={UNTIL}")
+    assert response.mimetype == "text/csv"
+    assert f"card-feedback-{SINCE}-{UNTIL}.csv" in response.headers["Content-Disposition"]
+    rows = list(csv.DictReader(io.StringIO(response.get_data(as_text=True))))
+    assert [(r["service_id"], r["topic"], r["served"], r["accepted"], r["acceptance_rate"]) for r in rows] == [
+        (PV, "axspa-referral", "4", "2", "0.5000"), (OS, "imaging-not-indicated", "1", "0", "0.0000")]
+    assert rows[0]["override_reasons"] == "Alternative-Diagnosis (1)"
+
+
+# --------------------------------------------------------------------------------------------
+# cds-service report
+# --------------------------------------------------------------------------------------------
+
+
+def test_cli_report_prints_and_writes_csv(seeded_url: str, tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    out = tmp_path / "out" / "report.csv"
+    code = cli.main(["report", "--since", SINCE, "--until", UNTIL, "--database-url", seeded_url, "--csv", str(out)])
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert f"cards served {SINCE} to {UNTIL}" in printed
+    axspa_line = next(line for line in printed.splitlines() if "axspa-referral" in line and PV in line)
+    assert axspa_line.split()[2:] == ["4", "2", "1", "1", "50.0", "25.0"]
+    assert "Alternative-Diagnosis" in printed and "Hip osteoarthritis explains it" in printed
+    assert "2026-03-09" in printed
+    rows = list(csv.DictReader(out.open(encoding="utf-8")))
+    assert {r["topic"] for r in rows} == {"axspa-referral", "imaging-not-indicated"}
+    assert all(r["since"] == SINCE and r["until"] == UNTIL for r in rows)
+
+
+def test_cli_report_json_and_errors(seeded_url: str, capsys: pytest.CaptureFixture) -> None:
+    assert main(["--since", SINCE, "--until", UNTIL, "--database-url", seeded_url, "--json"]) == 0
+    assert '"served": 5' in capsys.readouterr().out
+    assert main(["--since", "yesterday", "--database-url", seeded_url]) == 2
+    assert "since" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main([])  # --since is required
