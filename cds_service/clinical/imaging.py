@@ -33,7 +33,7 @@ from cds_service.clinical.decision_params import (
     red_flag_criteria,
     red_flag_params,
 )
-from cds_service.clinical.facts import Finding, PatientFacts, order_back_pain_reason
+from cds_service.clinical.facts import Finding, PatientFacts, RedFlag, order_back_pain_reason
 from cds_service.clinical.fhir_read import reference_of
 from cds_service.clinical.knowledge import Knowledge
 from cds_service.clinical.model import (
@@ -128,6 +128,17 @@ def _state(flag: bool, evidence: tuple[Evidence, ...] = (), note: str | None = N
     return Finding(State.MET if flag else State.NOT_MET, evidence, note)
 
 
+def _red_flag_group(group: Sequence[RedFlag]) -> Finding:
+    """Met when any flag is met; not met only when every flag was explicitly answered "no";
+    otherwise not documented -- absence of a recorded red flag is not evidence it was asked about."""
+    met = [f for f in group if f.finding.met]
+    if met:
+        return Finding(State.MET, tuple(e for f in met for e in f.finding.evidence))
+    if group and all(f.finding.state is State.NOT_MET for f in group):
+        return Finding(State.NOT_MET, tuple(e for f in group for e in f.finding.evidence))
+    return Finding(State.NOT_DOCUMENTED, (), "none recorded; ask about them before ordering")
+
+
 def evaluate_order(
     order: ImagingOrder, facts: PatientFacts, knowledge: Knowledge, ctx: OrderContext
 ) -> Decision | None:
@@ -151,7 +162,7 @@ def evaluate_order(
         criterion(
             "imaging-cauda-equina",
             "Cauda equina features",
-            _state(bool(cauda), tuple(e for f in cauda for e in f.finding.evidence)),
+            _red_flag_group([f for f in facts.red_flags if f.category == "cauda-equina"]),
         )
     )
     from_reason = not facts.episode.present
@@ -189,7 +200,7 @@ def evaluate_order(
         criterion(
             "imaging-red-flags",
             "Other red flags",
-            _state(bool(others), tuple(e for f in others for e in f.finding.evidence)),
+            _red_flag_group([f for f in facts.red_flags if f.category != "cauda-equina"]),
         )
     )
     # Step 2: other red flags -- imaging appropriate, with the modality the ACR variant prefers.

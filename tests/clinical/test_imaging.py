@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from fhir.resources.R4B.servicerequest import ServiceRequest
 
+from cds_service.clinical.model import State
+
 from .builders import (
     CPT,
     ICD,
@@ -293,3 +295,11 @@ def test_back_pain_from_order_reason_reference(run) -> None:
 def test_patient_view_has_no_imaging_cards(run) -> None:
     rec = record(lbp(10), draft_orders=(mri_order(rid="o1"),))
     assert all(not d.topic.startswith("imaging") for d in run("patient-view", rec))
+
+
+
+def test_red_flags_unrecorded_are_not_documented_not_silently_not_met(run) -> None:
+    """No red flag recorded either way: the checklist says "not documented", never "not met"."""
+    states = {c.id: c.state for c in one(sign(run, lbp(14))).criteria}
+    assert states["imaging-cauda-equina"] is State.NOT_DOCUMENTED
+    assert states["imaging-red-flags"] is State.NOT_DOCUMENTED
