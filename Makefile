@@ -44,7 +44,7 @@ system-deps:
 lint: $(STAMP)
 	$(VENV)/bin/ruff check cds_service tests
 
-test: $(STAMP) system-deps
+test: $(STAMP) system-deps sandbox-deps
 	$(VENV)/bin/ruff check cds_service tests
 	$(VENV)/bin/pytest -q
 

@@ -157,7 +157,9 @@ class FhirClient:
         return result
 
     def _get_json(self, url: str, token: str | None, deadline: float, allowlist: tuple[str, ...]) -> dict[str, Any]:
-        headers = {"Accept": "application/fhir+json"}
+        # strict: a server that does not support a search parameter must fail the search rather than
+        # ignore the parameter and return a superset (other patients' data, in the worst case)
+        headers = {"Accept": "application/fhir+json", "Prefer": "handling=strict"}
         if token:
             headers["Authorization"] = f"Bearer {token}"
         for _redirect in range(4):

@@ -98,6 +98,7 @@ def test_absent_keys_are_fetched_with_the_bearer_token(app, client, fhir):
     assert post(client, body).status_code == 200
     assert sorted(fhir.paths()) == ["Condition", "Patient/p1"]
     assert all(r.headers["Authorization"] == f"Bearer {TOKEN}" for r in fhir.requests)
+    assert all(r.headers["Prefer"] == "handling=strict" for r in fhir.requests)
     condition = next(r for r in fhir.requests if r.path.endswith("Condition"))
     assert condition.args["patient"] == "p1"
 
