@@ -23,6 +23,7 @@ from typing import Any
 
 import pytest
 import requests
+from conftest import CheckedClient  # tests/conftest.py (pytest puts tests/ on sys.path)
 
 from cds_service.sandbox import SERVERS, SandboxServer, bundle_files
 
@@ -274,6 +275,7 @@ def make_cds_app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
         }
         values.update(overrides)
         app = create_app(Settings(**values).validate())
+        app.test_client_class = CheckedClient  # every 200 hook answer is validated against the response schema
         apps.append(app)
         return app
 
