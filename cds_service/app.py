@@ -22,6 +22,14 @@ from .protocol import RequestError
 from .runtime import Runtime
 from .settings import Settings
 
+try:  # the production server's errors for a body it cannot decode (e.g. a malformed chunk size)
+    from gunicorn.http.errors import ParseException as BodyReadError
+except ImportError:  # pragma: no cover - gunicorn is a dependency; keep the app importable without it
+
+    class BodyReadError(Exception):  # type: ignore[no-redef]
+        """Placeholder: never raised."""
+
+
 log = logging.getLogger("cds_service.http")
 PROTECTED_PREFIX = "/cds-services"
 SECURITY_HEADERS = {
@@ -41,6 +49,14 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.json.sort_keys = False
     rt = Runtime.build(settings)
     app.extensions["cds"] = rt
+    if settings.effective_auth_mode != "off" and not settings.public_base_url:
+        # The expected JWT `aud` is then built from the Host header the client sends: a token minted
+        # for another CDS service could be presented here with that service's host name.
+        log.warning(
+            "CDS_PUBLIC_BASE_URL is not set: the JWT audience is checked against the request's Host header; "
+            "set it to the URL the EHRs call",
+            extra={"check": "aud"},
+        )
     app.register_blueprint(hooks_bp)
     _register_operational_routes(app, rt)
     if settings.effective_console_enabled:
@@ -58,6 +74,7 @@ def create_app(settings: Settings | None = None) -> Flask:
             return _preflight(settings)
         if request.path.startswith(PROTECTED_PREFIX):
             g.auth = rt.authenticator.authenticate(request.headers.get("Authorization"), _called_url(settings))
+        _enforce_streamed_body_limit(settings)
         return None
 
     @app.after_request
@@ -119,10 +136,26 @@ def create_app(settings: Settings | None = None) -> Flask:
         body = {"error": error.name.lower().replace(" ", "-"), "message": messages.get(status, error.name)}
         return json_response(body, status)
 
+    @app.errorhandler(BodyReadError)
+    def body_read_error(_error: Exception) -> Response:
+        # The server could not decode the body (gunicorn: malformed chunked transfer coding). It is
+        # raised inside the app when the body is read; the client's fault, not a bug: 400, not 500.
+        g.log_fields = {**getattr(g, "log_fields", {}), "error": "malformed-body"}
+        return json_response(
+            {"error": "malformed-body", "message": "request body could not be read: invalid transfer encoding",
+             "field": "$"},
+            400,
+        )
+
     @app.errorhandler(Exception)
     def unexpected(error: Exception) -> Response:
-        log.error("unhandled error", extra={"request_id": getattr(g, "request_id", None),
-                                            "error_type": type(error).__name__})
+        # exc_info: the formatter keeps the type and the stack frames (file, line, function), never the
+        # message, which may quote patient data.
+        log.error(
+            "unhandled error",
+            exc_info=error,
+            extra={"request_id": getattr(g, "request_id", None), "error_type": type(error).__name__},
+        )
         return json_response(
             {"error": "internal-error", "message": "unexpected error; quote the request id to support",
              "requestId": getattr(g, "request_id", "")},
@@ -130,6 +163,22 @@ def create_app(settings: Settings | None = None) -> Flask:
         )
 
     return app
+
+
+def _enforce_streamed_body_limit(settings: Settings) -> None:
+    """413 for a chunked body over CDS_MAX_REQUEST_BYTES, as for one with a Content-Length.
+
+    Without Content-Length, Werkzeug reads a streamed body (``wsgi.input_terminated``, as gunicorn
+    sets it) only up to the limit and stops there without an error, so an oversized body would be
+    parsed truncated and answered 400 "unexpected end of data". Reading it once here (cached for the
+    handler) and probing one byte past the limit raises RequestEntityTooLarge instead.
+    """
+    if request.method != "POST" or request.content_length is not None:
+        return
+    if not request.environ.get("wsgi.input_terminated"):
+        return
+    if len(request.get_data(cache=True)) >= settings.max_request_bytes:
+        request.stream.read(1)  # the limit is exhausted: raises RequestEntityTooLarge (413)
 
 
 def _called_url(settings: Settings) -> str:
@@ -150,9 +199,13 @@ def _origin_allowed(settings: Settings, origin: str | None) -> bool:
 
 
 def _preflight(settings: Settings) -> Response:
-    response = Response(status=204)
     if not _origin_allowed(settings, request.headers.get("Origin")):
-        response.status_code = 403
+        return json_response(
+            {"error": "origin-not-allowed", "message": "this origin may not call the service (CDS_CORS_ORIGINS)"},
+            403,
+        )
+    response = Response(status=204)
+    del response.headers["Content-Type"]  # no body
     return response
 
 
@@ -177,8 +230,9 @@ def _register_operational_routes(app: Flask, rt: Runtime) -> None:
     @app.get("/readyz")
     def readyz() -> Response:
         if rt.store.ping():
-            return json_response({"status": "ready", "database": "ok"})
-        return json_response({"status": "not-ready", "database": "unreachable"}, 503)
+            return json_response({"status": "ready", "database": "ok", "schema": rt.store.schema_status})
+        database = "unreachable" if rt.store.schema_status in {"unreachable", "unknown"} else "schema-not-ready"
+        return json_response({"status": "not-ready", "database": database, "schema": rt.store.schema_status}, 503)
 
     @app.get("/metrics")
     def metrics() -> Response:

@@ -1,4 +1,4 @@
-"""`cds-service` command line: serve, evaluate, services, validate, sandbox, report."""
+"""`cds-service` command line: serve, migrate, evaluate, services, validate, sandbox, report."""
 
 from __future__ import annotations
 
@@ -29,6 +29,55 @@ def _serve(args: argparse.Namespace) -> int:
     from .server import run_gunicorn
 
     return run_gunicorn(settings)
+
+
+def _migrate(args: argparse.Namespace) -> int:
+    """Bring the database schema to the latest revision (Alembic) under the migration lock.
+
+    Safe to run from several hosts at once and idempotent: one process upgrades, the others wait for
+    the lock and find nothing to do. Exit status: 0 done (or already current), 1 database unreachable
+    or migration failed, 3 with --check when the schema is behind.
+    """
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from . import migrations
+    from .store import Store
+
+    url = args.database_url or Settings.from_env().effective_database_url
+    shown = _safe_url(url)
+    if args.sql:
+        migrations.offline_sql(url, sys.stdout)
+        return 0
+    store = Store(url)
+    try:
+        if args.check:
+            state = migrations.schema_state(store.engine)
+            print(f"{shown}: schema {state.status} (revision {state.current or 'none'}, this release {state.head})")
+            return 0 if state.usable else 3
+        before, after = migrations.upgrade(store.engine, timeout=args.timeout)
+    except SQLAlchemyError as exc:
+        print(f"cds-service migrate: database unavailable at {shown} ({type(exc).__name__})", file=sys.stderr)
+        return 1
+    except migrations.MigrationError as exc:
+        print(f"cds-service migrate: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        store.engine.dispose()
+    if before == after:
+        print(f"{shown}: schema already at revision {after}; nothing to do")
+    else:
+        print(f"{shown}: schema upgraded from {before or 'none'} to {after}")
+    return 0
+
+
+def _safe_url(url: str) -> str:
+    """The URL without its password, for messages."""
+    from sqlalchemy.engine import make_url
+
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:  # noqa: BLE001 - an unparsable URL is reported by the engine itself
+        return "the database"
 
 
 def _evaluate(args: argparse.Namespace) -> int:
@@ -93,6 +142,18 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--workers", type=int, help="gunicorn workers (default: number of cores)")
     serve.add_argument("--dev", action="store_true", help="Flask development server (single process)")
     serve.set_defaults(func=_serve)
+    migrate = sub.add_parser(
+        "migrate",
+        help="upgrade the database schema to the latest revision (safe from several instances at once)",
+    )
+    migrate.add_argument("--database-url", help="SQLAlchemy URL (default: CDS_DATABASE_URL / CDS_DATA_DIR)")
+    migrate.add_argument("--check", action="store_true",
+                         help="only report the schema revision; exit 3 when it is behind this release")
+    migrate.add_argument("--sql", action="store_true",
+                         help="print the SQL of a full upgrade for the URL's dialect instead of running it")
+    migrate.add_argument("--timeout", type=float, default=120.0,
+                         help="seconds to wait for another process's migration lock (default 120)")
+    migrate.set_defaults(func=_migrate)
     evaluate = sub.add_parser("evaluate", help="evaluate one CDS Hooks request JSON file and print the response")
     evaluate.add_argument("request")
     evaluate.add_argument("--service", help="service id (default: the service for the request's hook)")

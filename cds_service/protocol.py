@@ -139,7 +139,7 @@ def validate_request(body: Any, service_hook: str) -> None:
     if body["hook"] != service_hook:
         raise RequestError(
             400,
-            f"$.hook is {body['hook']!r} but this service handles {service_hook!r}",
+            f"$.hook is {_shorten(body['hook'])} but this service handles {service_hook!r}",
             "$.hook",
             "wrong-hook",
         )
@@ -147,7 +147,8 @@ def validate_request(body: Any, service_hook: str) -> None:
     if problem:
         raise RequestError(400, f"{problem[0]} {problem[1]}", problem[0])
     context = body["context"]
-    if "selections" in context:
+    # Only order-select defines selections (and requires draftOrders alongside); other hooks ignore them.
+    if service_hook == "order-select":
         present = {
             f"{entry['resource'].get('resourceType')}/{entry['resource'].get('id')}"
             for entry in context["draftOrders"].get("entry", [])
@@ -155,7 +156,12 @@ def validate_request(body: Any, service_hook: str) -> None:
         for index, selection in enumerate(context["selections"]):
             if selection not in present:
                 field = f"$.context.selections[{index}]"
-                raise RequestError(400, f"{field} {selection!r} is not an order in draftOrders", field)
+                raise RequestError(400, f"{field} {_shorten(selection)} is not an order in draftOrders", field)
+
+
+def _shorten(value: str, limit: int = 80) -> str:
+    """A client value quoted in an error message, never more than ``limit`` characters of it."""
+    return repr(value if len(value) <= limit else value[:limit] + "…")
 
 
 def validate_feedback(body: Any) -> None:

@@ -9,7 +9,7 @@ from .cards import CardCatalog
 from .clinical.knowledge import Knowledge
 from .fhir_client import FhirClient
 from .registry import ServiceDefinition, build_registry
-from .settings import Settings
+from .settings import Settings, SettingsError
 from .store import Store
 
 
@@ -25,8 +25,16 @@ class Runtime:
 
     @classmethod
     def build(cls, settings: Settings) -> Runtime:
+        auth_on = settings.effective_auth_mode != "off"
+        if settings.environment == "production" and auth_on and not settings.public_base_url:
+            raise SettingsError(
+                "CDS_PUBLIC_BASE_URL is required in production when client authentication is on: the JWT `aud` "
+                "must be checked against the URL clients call, not against the request's Host header"
+            )
         knowledge = Knowledge.load(settings.site_config)
-        store = Store(settings.effective_database_url, settings.patient_hash_key)
+        store = Store(
+            settings.effective_database_url, settings.patient_hash_key, auto_migrate=settings.effective_auto_migrate
+        )
         replay_cache = SqlReplayCache(store.engine)
         # A database that is down at start-up must not stop hooks from being answered:
         # the store retries schema creation on first use and /readyz reports not-ready meanwhile.

@@ -26,6 +26,8 @@ class _Server(BaseApplication):
             "threads": 4,
             "timeout": int(self.settings.deadline_seconds) + 22,
             "graceful_timeout": 20,
+            # Behind a load balancer: the balancer must close idle keep-alive connections before this
+            # (deploy/nginx: keepalive_timeout 4s), or it may send a request on a closing socket.
             "keepalive": 5,
             "limit_request_line": 8190,
             "accesslog": None,
@@ -33,6 +35,9 @@ class _Server(BaseApplication):
             "loglevel": "warning",
             "preload_app": False,
         }
+        # Worker heartbeat files on tmpfs: a slow or full disk must not get healthy workers killed.
+        if Path("/dev/shm").is_dir() and os.access("/dev/shm", os.W_OK):
+            options["worker_tmp_dir"] = "/dev/shm"
         for key, value in options.items():
             self.cfg.set(key, value)
         self.cfg.set("child_exit", _child_exit)

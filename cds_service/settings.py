@@ -74,6 +74,7 @@ class Settings:
     jwt_clock_skew_seconds: int = 60
     jwks_cache_seconds: int = 3600
     bench_floor: bool = False  # expose POST /_bench/floor (benchmarks only)
+    auto_migrate: bool | None = None  # None → on in development; production runs `cds-service migrate`
     # Console for clinical informaticists
     console_enabled: bool | None = None  # None → on in development, off in production
 
@@ -88,6 +89,12 @@ class Settings:
         if self.auth_mode:
             return self.auth_mode
         return "off" if self.environment == "development" else "required"
+
+    @property
+    def effective_auto_migrate(self) -> bool:
+        if self.auto_migrate is not None:
+            return self.auto_migrate
+        return self.environment == "development"
 
     @property
     def effective_console_enabled(self) -> bool:
@@ -107,9 +114,11 @@ class Settings:
             raise SettingsError(f"CDS_AUTH_MODE: expected off, optional or required, got {self.auth_mode!r}")
         if self.fhir_timeout_seconds > self.deadline_seconds:
             raise SettingsError("CDS_FHIR_TIMEOUT must not exceed CDS_DEADLINE")
+        from .urls import check_service_url  # local import: urls imports SettingsError from here
+
         for prefix in self.fhir_allowlist:
-            if not prefix.startswith(("http://", "https://")):
-                raise SettingsError(f"CDS_FHIR_ALLOWLIST: {prefix!r} is not an http(s) URL prefix")
+            check_service_url(prefix, "CDS_FHIR_ALLOWLIST")
+
         return self
 
     @classmethod
@@ -158,6 +167,8 @@ class Settings:
             values["cors_origins"] = _list(env["CDS_CORS_ORIGINS"])
         if env.get("CDS_ALLOW_OPEN_FHIR_SERVERS"):
             values["allow_open_fhir_servers"] = _bool("CDS_ALLOW_OPEN_FHIR_SERVERS", env["CDS_ALLOW_OPEN_FHIR_SERVERS"])
+        if env.get("CDS_AUTO_MIGRATE"):
+            values["auto_migrate"] = _bool("CDS_AUTO_MIGRATE", env["CDS_AUTO_MIGRATE"])
         if env.get("CDS_BENCH_FLOOR"):
             values["bench_floor"] = _bool("CDS_BENCH_FLOOR", env["CDS_BENCH_FLOOR"])
         if env.get("CDS_CONSOLE"):

@@ -3,6 +3,15 @@
 Served cards are recorded so feedback joins to the card it answers and acceptance/override rates
 can be reported per topic. No patient identifier is stored: at most a keyed HMAC of the patient id
 (only when a key is configured), which lets analytics count distinct patients without revealing them.
+
+The schema is owned by the Alembic migrations in cds_service.migrations (``cds-service migrate``). The
+tables below are what the code reads and writes; a change here needs a new migration revision (the
+drift test in tests/cluster/test_migrations.py fails until there is one). At start-up each worker
+checks the schema revision (one SELECT); with ``auto_migrate`` (the default) a database that is behind
+is upgraded under the migration lock, which is safe from any number of workers and instances, so a
+development checkout needs no step. Production runs ``cds-service migrate`` as an explicit release
+step, after which this check finds nothing to do. With ``auto_migrate=False`` a worker never changes
+the schema and reports not-ready until the schema is at a revision it can use.
 """
 
 from __future__ import annotations
@@ -10,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import logging
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -34,6 +44,8 @@ from sqlalchemy import (
     text,
 )
 from sqlalchemy.exc import SQLAlchemyError
+
+log = logging.getLogger("cds_service.store")
 
 metadata = MetaData()
 
@@ -91,11 +103,17 @@ class ServedCard:
 
 def _parse_timestamp(value: str) -> datetime:
     parsed = datetime.fromisoformat(value.replace("z", "Z").replace("Z", "+00:00"))
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+    # stored in UTC: SQLite drops offsets, so "10:00+02:00" must become 08:00Z before it is written
+    return parsed.astimezone(UTC) if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+
+
+#: How long a starting worker waits for another process's migration before giving up (it then reports
+#: not-ready and checks again on the next readiness probe or write, without waiting).
+STARTUP_MIGRATION_WAIT_SECONDS = 10.0
 
 
 class Store:
-    def __init__(self, url: str, patient_hash_key: str | None = None):
+    def __init__(self, url: str, patient_hash_key: str | None = None, *, auto_migrate: bool = True):
         if url.startswith("sqlite:///"):
             Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
         kwargs: dict[str, Any] = {"pool_pre_ping": True}
@@ -107,22 +125,53 @@ class Store:
         if url.startswith("sqlite"):
             event.listen(self.engine, "connect", _sqlite_pragmas)
         self._hash_key = patient_hash_key.encode() if patient_hash_key else None
+        self.auto_migrate = auto_migrate
         self._schema_ready = False
+        #: last known schema status: "current" or "ahead" (usable); "behind", "unversioned" (migration
+        #: needed), "unreachable", "migrating-elsewhere", "migration-failed", "invalid"; "unknown" before
+        #: the first check
+        self.schema_status = "unknown"
 
-    def create_schema(self) -> bool:
-        """Create missing tables; False (not an exception) when the database is down at start-up,
-        so the service still answers hooks and creates the schema once the database is back."""
+    def create_schema(self, wait: float = STARTUP_MIGRATION_WAIT_SECONDS) -> bool:
+        """Make sure the schema is usable: at the latest revision, upgrading it under the migration lock
+        when behind and ``auto_migrate`` is on. False (not an exception) when it is not usable — database
+        down, schema behind without auto-migration, another process still migrating after ``wait``
+        seconds, or a failed migration — so the service still answers hooks and checks again on the
+        next readiness probe or write."""
+        from . import migrations
+
         try:
-            metadata.create_all(self.engine)
+            state = migrations.schema_state(self.engine)
         except SQLAlchemyError:
-            self._schema_ready = False
-            return False
-        self._schema_ready = True
-        return True
+            return self._schema_outcome("unreachable")
+        except migrations.MigrationError as exc:
+            return self._schema_outcome("invalid", str(exc))
+        if not state.usable and self.auto_migrate:
+            try:
+                migrations.upgrade(self.engine, timeout=wait)
+                state = migrations.schema_state(self.engine)
+            except migrations.MigrationLockTimeout:
+                return self._schema_outcome("migrating-elsewhere")
+            except (SQLAlchemyError, migrations.MigrationError) as exc:
+                return self._schema_outcome("migration-failed", f"{type(exc).__name__}: {exc}"[:500])
+        if not state.usable:
+            return self._schema_outcome(
+                state.status, f"schema at {state.current or 'no revision'}, this release needs {state.head}: "
+                "run `cds-service migrate`")
+        return self._schema_outcome(state.status)
+
+    def _schema_outcome(self, status: str, problem: str | None = None) -> bool:
+        """Record the schema status; log a problem once per change of status, not on every probe."""
+        ready = status in {"current", "ahead"}
+        if not ready and status != "unreachable" and status != self.schema_status:
+            log.error("database schema not usable", extra={"schema_status": status, "error": problem})
+        self.schema_status = status
+        self._schema_ready = ready
+        return ready
 
     def _ensure_schema(self) -> None:
-        if not self._schema_ready and not self.create_schema():
-            raise StoreUnavailable("database unreachable")
+        if not self._schema_ready and not self.create_schema(wait=0):
+            raise StoreUnavailable(f"database schema {self.schema_status}")
 
     def patient_hash(self, patient_id: str) -> str | None:
         if not self._hash_key:
@@ -135,7 +184,7 @@ class Store:
                 conn.execute(text("SELECT 1"))
         except SQLAlchemyError:
             return False
-        return self._schema_ready or self.create_schema()
+        return self._schema_ready or self.create_schema(wait=0)
 
     def record_served(self, cards: Iterable[ServedCard], patient_id: str | None, now: datetime) -> None:
         rows = [

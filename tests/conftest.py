@@ -47,6 +47,7 @@ def make_settings(tmp_path: Path, **overrides) -> Settings:
         "auth_mode": "off",
         "fhir_timeout_seconds": 2.0,
         "deadline_seconds": 4.0,
+        "auto_migrate": True,  # every test database starts empty
     }
     base.update(overrides)
     return Settings(**base).validate()

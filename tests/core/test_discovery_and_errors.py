@@ -155,7 +155,7 @@ def test_internal_errors_carry_no_stack_trace(app, client):
 
 def test_health_ready_and_openapi(client):
     assert client.get("/healthz").get_json() == {"status": "ok"}
-    assert client.get("/readyz").get_json() == {"status": "ready", "database": "ok"}
+    assert client.get("/readyz").get_json() == {"status": "ready", "database": "ok", "schema": "current"}
     spec = client.get("/openapi.yaml")
     assert spec.status_code == 200 and b"openapi: 3.1.0" in spec.data
 
@@ -198,3 +198,12 @@ def test_bench_floor_exists_only_when_enabled(client, make_app):
     assert client.post("/_bench/floor", json={"a": 1}).status_code == 404
     floor = make_app(bench_floor=True).test_client().post("/_bench/floor", json={"a": 1})
     assert floor.status_code == 200 and floor.get_json() == {"cards": []}
+
+
+def test_production_without_migration_is_not_ready_and_says_why(make_app):
+    """Production does not change the schema on its own: until `cds-service migrate` runs, /readyz
+    says the schema is missing (hooks are still answered)."""
+    app = make_app(environment="production", auth_mode="off", auto_migrate=False)
+    response = app.test_client().get("/readyz")
+    assert response.status_code == 503
+    assert response.get_json() == {"status": "not-ready", "database": "schema-not-ready", "schema": "unversioned"}

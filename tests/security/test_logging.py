@@ -48,7 +48,7 @@ def test_one_json_object_per_line_with_structured_fields(log_stream: io.StringIO
             "status": 200,
             "duration_ms": 12.5,
             "card_topics": ["imaging-not-indicated"],
-            "card_ids": ("c-1", "c-2"),
+            "card_ids": ("0b8e4f7e-0c57-4b8c-9a51-8f2f5d0f6c11", "5a4c2d9e-7b1f-4e2a-8c3d-1e9f0a6b7c22"),
         },
     )
     [line] = lines(log_stream)
@@ -56,7 +56,7 @@ def test_one_json_object_per_line_with_structured_fields(log_stream: io.StringIO
     assert line["level"] == "INFO" and line["logger"] == "cds_service.hooks"
     assert line["ts"].endswith("Z") and "T" in line["ts"]
     assert line["status"] == 200 and line["duration_ms"] == 12.5
-    assert line["card_ids"] == ["c-1", "c-2"]
+    assert line["card_ids"] == ["0b8e4f7e-0c57-4b8c-9a51-8f2f5d0f6c11", "5a4c2d9e-7b1f-4e2a-8c3d-1e9f0a6b7c22"]
     assert line["hook_instance"] == "d1577c69-dfbe-44ad-ba6d-3e05e953b2ea"
 
 
@@ -118,7 +118,23 @@ def test_tokens_are_redacted_in_message_args_and_fields(log_stream: io.StringIO)
     output = log_stream.getvalue()
     assert JWT not in output
     assert JWT.split(".")[2] not in output
-    assert output.count("REDACTED") >= 4
+    assert output.count("REDACTED") >= 3
+    assert "[not-a-uuid]" in output  # card_ids carry UUIDs only
+
+
+def test_client_supplied_identifiers_are_logged_only_when_uuid_shaped(log_stream: io.StringIO) -> None:
+    """hookInstance and feedback card ids are any string on the wire: a name or an MRN must not pass."""
+    uuid_value = "d1577c69-dfbe-44ad-ba6d-3e05e953b2ea"
+    logging.getLogger("cds_service.hooks").info(
+        "request",
+        extra={"hook_instance": "Jane Doe MRN 12345", "card_ids": [uuid_value, "Jane Doe 1970-01-01"]},
+    )
+    logging.getLogger("cds_service.hooks").info("request", extra={"hook_instance": uuid_value.upper()})
+    first, second = lines(log_stream)
+    assert first["hook_instance"] == "[not-a-uuid]"
+    assert first["card_ids"] == [uuid_value, "[not-a-uuid]"]
+    assert second["hook_instance"] == uuid_value.upper()
+    assert "Jane" not in log_stream.getvalue() and "12345" not in log_stream.getvalue()
 
 
 def test_filter_mutates_the_record_for_every_handler() -> None:
