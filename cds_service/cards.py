@@ -102,6 +102,8 @@ _LINE_START = re.compile(r"^([#+\-=])")
 _ORDERED_LIST = re.compile(r"^(\d{1,9})([.)])(?=\s|$)")
 # GFM extended autolinks ("http://x", "www.x") would turn patient text into live links.
 _AUTOLINK = re.compile(r"(?i)(https?|ftp|mailto)(:)|\b(www)(\.)")
+# Anything any of the substitutions of escape_markdown would act on (the union of their patterns).
+_NEEDS_ESCAPE = re.compile(r"[&<>\\`*_\[\]|~!@{}]|(?i:https?|ftp|mailto):|(?i:\bwww\.)|^[#+\-=]|^\d{1,9}[.)](?=\s|$)")
 
 
 def plain_text(value: Any) -> str:
@@ -126,6 +128,8 @@ def escape_markdown(value: Any) -> SafeMarkdown:
     if isinstance(value, SafeMarkdown):
         return value
     text = plain_text(value)
+    if _NEEDS_ESCAPE.search(text) is None:  # nothing below would change it (most dates, codes, labels)
+        return SafeMarkdown(text)
     text = text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
     text = _INLINE_SPECIALS.sub(r"\\\1", text)
     text = _AUTOLINK.sub(lambda m: f"{m.group(1)}\\{m.group(2)}" if m.group(1) else f"{m.group(3)}\\.", text)
@@ -385,14 +389,27 @@ def _parse_card(
 # --------------------------------------------------------------------------------------------
 
 
+_LEAVES = frozenset({str, int, float, bool, type(None)})
+
+
 def prune(value: Any) -> Any:
     """Drop None, "", [] and {} recursively: CDS Hooks forbids sending empty elements."""
+    if type(value) in _LEAVES:  # fast path for the bulk of a card (same result as below)
+        return value
     if isinstance(value, Mapping):
-        out = {k: prune(v) for k, v in value.items()}
-        return {k: v for k, v in out.items() if v is not None and v != "" and v != [] and v != {}}
+        out = {}
+        for k, v in value.items():
+            v = prune(v)
+            if v is not None and v != "" and v != [] and v != {}:
+                out[k] = v
+        return out
     if isinstance(value, list | tuple):
-        out_list = [prune(v) for v in value]
-        return [v for v in out_list if v is not None and v != "" and v != [] and v != {}]
+        out_list = []
+        for v in value:
+            v = prune(v)
+            if v is not None and v != "" and v != [] and v != {}:
+                out_list.append(v)
+        return out_list
     return value
 
 

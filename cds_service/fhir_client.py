@@ -125,7 +125,10 @@ class FhirClient:
                 result.pages += 1
                 url = None
                 if body.get("resourceType") == "Bundle":
-                    for entry in body.get("entry") or []:
+                    entries = body.get("entry")
+                    if entries is not None and not isinstance(entries, list):
+                        raise FetchFailed("FHIR server returned a Bundle whose entry is not an array", 200)
+                    for entry in entries or []:
                         resource = entry.get("resource") if isinstance(entry, dict) else None
                         if isinstance(resource, dict) and resource.get("resourceType") != "OperationOutcome":
                             result.resources.append(resource)
@@ -214,7 +217,8 @@ class FhirClient:
 
 
 def next_link(bundle: dict[str, Any]) -> str | None:
-    for link in bundle.get("link") or []:
+    links = bundle.get("link")
+    for link in links if isinstance(links, list) else []:
         if isinstance(link, dict) and link.get("relation") == "next" and isinstance(link.get("url"), str):
             return link["url"]
     return None

@@ -41,11 +41,21 @@ class _Server(BaseApplication):
         for key, value in options.items():
             self.cfg.set(key, value)
         self.cfg.set("child_exit", _child_exit)
+        self.cfg.set("post_worker_init", _freeze_startup_objects)
 
     def load(self):
         from .app import create_app
 
         return create_app(self.settings)
+
+
+def _freeze_startup_objects(_worker: Any) -> None:
+    """Move the ~120 000 start-up objects (models, schemas, value sets, templates) out of the garbage
+    collector's view: a full collection over them costs ~45 ms and would land on one unlucky request."""
+    import gc
+
+    gc.collect()
+    gc.freeze()
 
 
 def _child_exit(_server: Any, worker: Any) -> None:

@@ -48,6 +48,7 @@ from cds_service.clinical.model import Evidence, PatientRecord, State
 from cds_service.clinical.questionnaire import QuestionnaireAnswers, is_our_questionnaire
 
 CODED_TYPES = ("Condition", "Observation", "Procedure", "ServiceRequest", "DiagnosticReport")
+_CODED_TYPE_SET = frozenset(CODED_TYPES)
 ABSENT_VALUE_CODES = {(SNOMED, "2667000"), (SNOMED, "260385009"), (SNOMED, "373067005")}  # absent/negative/no
 FIRST_DEGREE = frozenset(
     {
@@ -184,6 +185,11 @@ class PatientFacts:
 # ---------------------------------------------------------------------------------------------------
 # Pass 1: cheap relevance filter on raw dicts
 # ---------------------------------------------------------------------------------------------------
+def _list(value: Any) -> list[Any]:
+    """An array element as a list; anything else (malformed input) as empty, never a crash."""
+    return value if isinstance(value, list) else []
+
+
 def _is_relevant(resource: dict[str, Any], knowledge: Knowledge) -> bool:
     rtype = resource.get("resourceType")
     if rtype in CODED_TYPES:
@@ -197,18 +203,16 @@ def _is_relevant(resource: dict[str, Any], knowledge: Knowledge) -> bool:
             return knowledge.is_known_code(concept) or any(knowledge.is_known_medication_name(t) for t in texts)
         return isinstance(resource.get("medicationReference"), dict)
     if rtype == "ImagingStudy":
-        if any(knowledge.is_known_code(c) for c in resource.get("procedureCode") or []):
+        if any(knowledge.is_known_code(c) for c in _list(resource.get("procedureCode"))):
             return True
         return any(
             knowledge.is_known_code({"coding": [s.get("bodySite")]})
-            for s in resource.get("series") or []
+            for s in _list(resource.get("series"))
             if isinstance(s, dict) and isinstance(s.get("bodySite"), dict)
         )
     if rtype == "FamilyMemberHistory":
         return any(
-            knowledge.is_known_code((c or {}).get("code"))
-            for c in resource.get("condition") or []
-            if isinstance(c, dict)
+            knowledge.is_known_code(c.get("code")) for c in _list(resource.get("condition")) if isinstance(c, dict)
         )
     return False
 
@@ -244,13 +248,19 @@ class _Sorted:
 def _sort_resources(resources: Iterable[Any], knowledge: Knowledge) -> _Sorted:
     result = _Sorted()
     raw_medications: dict[str, dict[str, Any]] = {}
+    coded_types = _CODED_TYPE_SET
+    is_known_code = knowledge.is_known_code
     for resource in resources:
         if not isinstance(resource, dict):
             continue
-        if resource.get("resourceType") == "Medication" and isinstance(resource.get("id"), str):
+        rtype = resource.get("resourceType")
+        if rtype in coded_types:  # the bulk of a chart: _is_relevant's first branch, inlined
+            if not is_known_code(resource.get("code")):
+                continue
+        elif rtype == "Medication" and isinstance(resource.get("id"), str):
             raw_medications[resource["id"]] = resource
             continue
-        if not _is_relevant(resource, knowledge):
+        elif not _is_relevant(resource, knowledge):
             continue
         error = _validate(resource)
         if error:

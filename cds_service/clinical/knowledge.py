@@ -27,7 +27,7 @@ from typing import Any
 
 import yaml
 
-from cds_service.clinical.codes import PREFIX_SYSTEMS, iter_codings, normalize_code, normalize_system
+from cds_service.clinical.codes import PREFIX_SYSTEMS, normalize_code, normalize_system
 
 DATA_DIR = Path(__file__).resolve().parent.parent / "data"
 VALUESET_DIR = DATA_DIR / "valuesets"
@@ -119,20 +119,31 @@ class ValueSet:
     regexes: dict[str, list[re.Pattern[str]]] = field(default_factory=dict)
     names: set[str] = field(default_factory=set)  # lower-case medication ingredient names (name fallback)
     includes: list[str] = field(default_factory=list)  # canonical URLs of unioned value sets
+    # compiled name patterns, rebuilt whenever `names` changes (see _name_patterns)
+    _name_cache: Any = field(default=None, init=False, repr=False, compare=False)
+    # contains() answers by (system, code) exactly as written: charts repeat a few codes thousands of times.
+    # Bounded (MEMO_MAX entries, then no more are added); emptied by every change to the value set.
+    _memo: dict[tuple[str, str], bool] = field(default_factory=dict, init=False, repr=False, compare=False)
+
+    MEMO_MAX = 8192
 
     def add_code(self, system: str, code: str, display: str | None) -> None:
+        self._memo.clear()
         system = normalize_system(system)
         self.exact[(system, normalize_code(system, code))] = display or ""
         self.token_codes[(system, code.strip())] = ""
 
     def add_prefix(self, system: str, prefix: str) -> None:
+        self._memo.clear()
         system = normalize_system(system)
         self.prefixes.setdefault(system, set()).add(normalize_code(system, prefix))
 
     def add_regex(self, system: str, pattern: str) -> None:
+        self._memo.clear()
         self.regexes.setdefault(normalize_system(system), []).append(re.compile(pattern))
 
     def merge(self, other: ValueSet) -> None:
+        self._memo.clear()
         self.exact.update(other.exact)
         self.token_codes.update(other.token_codes)
         for system, prefixes in other.prefixes.items():
@@ -142,6 +153,17 @@ class ValueSet:
         self.names.update(other.names)
 
     def contains(self, system: object, code: object) -> bool:
+        if type(system) is str and type(code) is str:
+            key = (system, code)
+            known = self._memo.get(key)
+            if known is None:
+                known = self._contains(system, code)
+                if len(self._memo) < self.MEMO_MAX:
+                    self._memo[key] = known
+            return known
+        return self._contains(system, code)
+
+    def _contains(self, system: object, code: object) -> bool:
         sys_n = normalize_system(system)
         code_n = normalize_code(sys_n, code)
         if not code_n:
@@ -156,8 +178,15 @@ class ValueSet:
 
     def match(self, concept: Any) -> dict[str, Any] | None:
         """The first coding of a CodeableConcept dict that belongs to this value set, else None."""
-        for coding in iter_codings(concept):
-            if self.contains(coding.get("system"), coding.get("code")):
+        # iter_codings() inlined: this runs for every coded resource of the chart
+        if not isinstance(concept, dict):
+            return None
+        codings = concept.get("coding")
+        if not isinstance(codings, list):
+            return None
+        contains = self.contains
+        for coding in codings:
+            if isinstance(coding, dict) and contains(coding.get("system"), coding.get("code")):
                 return coding
         return None
 
@@ -166,10 +195,26 @@ class ValueSet:
         if not self.names or not isinstance(text, str):
             return None
         lowered = text.lower()
-        for name in sorted(self.names):
-            if re.search(rf"\b{re.escape(name)}\b", lowered):
+        any_name, ordered = self._name_patterns()
+        if any_name.search(lowered) is None:  # one pass over the text answers the common "no"
+            return None
+        for name, pattern in ordered:
+            if pattern.search(lowered):
                 return name
         return None
+
+    def _name_patterns(self) -> tuple[re.Pattern[str], tuple[tuple[str, re.Pattern[str]], ...]]:
+        """Compiled once per set of names: an alternation of all names, and one pattern per name in sorted
+        order (the first whole-word match in sorted order is the answer, as before)."""
+        key = frozenset(self.names)
+        cached = self._name_cache
+        if cached is None or cached[0] != key:
+            ordered = sorted(key)
+            any_name = re.compile(r"\b(?:" + "|".join(re.escape(name) for name in ordered) + r")\b")
+            per_name = tuple((name, re.compile(rf"\b{re.escape(name)}\b")) for name in ordered)
+            cached = (key, any_name, per_name)
+            self._name_cache = cached
+        return cached[1], cached[2]
 
     def display(self, system: object, code: object) -> str | None:
         sys_n = normalize_system(system)
@@ -226,7 +271,17 @@ class Knowledge:
 
     def is_known_code(self, concept: Any) -> bool:
         """Cheap relevance test: does any coding belong to any value set of the product?"""
-        return self._any.match(concept) is not None
+        # ValueSet.match inlined (called once per coded resource of the chart)
+        if not isinstance(concept, dict):
+            return False
+        codings = concept.get("coding")
+        if not isinstance(codings, list):
+            return False
+        contains = self._any.contains
+        for coding in codings:
+            if isinstance(coding, dict) and contains(coding.get("system"), coding.get("code")):
+                return True
+        return False
 
     def is_known_medication_name(self, text: object) -> bool:
         return self._any.match_name(text) is not None

@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+import orjson
 from fhir.resources.R4B.codeableconcept import CodeableConcept
 from fhir.resources.R4B.servicerequest import ServiceRequest
 
@@ -60,6 +61,9 @@ class OrderContext:
     encounter_id: str | None
     user_id: str | None
     now: datetime
+    # JSON (sorted keys) of what already validated during this evaluation: the rules build the same
+    # referral and copy the same reason codes into several suggestions. One evaluation only.
+    validated: set[bytes] = field(default_factory=set, compare=False, repr=False)
 
     @classmethod
     def from_record(cls, record: PatientRecord, now: datetime) -> OrderContext:
@@ -73,16 +77,30 @@ class OrderContext:
         return None
 
 
-def clean_reason_codes(concepts: Iterable[Any]) -> list[dict[str, Any]]:
-    """Keep only reasonCode entries that are valid CodeableConcepts (they are copied from EHR input)."""
+def _json_key(kind: str, data: dict[str, Any]) -> bytes | None:
+    try:
+        return kind.encode() + b":" + orjson.dumps(data, option=orjson.OPT_SORT_KEYS)
+    except (TypeError, orjson.JSONEncodeError):
+        return None  # not plain JSON: always validated
+
+
+def clean_reason_codes(concepts: Iterable[Any], validated: set[bytes] | None = None) -> list[dict[str, Any]]:
+    """Keep only reasonCode entries that are valid CodeableConcepts (they are copied from EHR input).
+
+    *validated*: keys of concepts already found valid in this evaluation (see OrderContext.validated).
+    """
     kept: list[dict[str, Any]] = []
     for concept in concepts:
         if not isinstance(concept, dict):
             continue
-        try:
-            CodeableConcept.model_validate(concept)
-        except Exception:  # noqa: BLE001 - invalid input is dropped, never fatal
-            continue
+        key = _json_key("CodeableConcept", concept) if validated is not None else None
+        if key is None or key not in validated:
+            try:
+                CodeableConcept.model_validate(concept)
+            except Exception:  # noqa: BLE001 - invalid input is dropped, never fatal
+                continue
+            if key is not None:
+                validated.add(key)  # type: ignore[union-attr]
         kept.append(concept)
     return kept
 
@@ -117,7 +135,7 @@ def service_request(
         resource["encounter"] = {"reference": f"Encounter/{ctx.encounter_id.split('/')[-1]}"}
     if ctx.requester:
         resource["requester"] = ctx.requester
-    reasons = clean_reason_codes(reason_codes)
+    reasons = clean_reason_codes(reason_codes, ctx.validated)
     if reasons:
         resource["reasonCode"] = reasons
     usable = (r.split("#")[0] for r in supporting_info if isinstance(r, str) and "/" in r and "?" not in r)
@@ -126,10 +144,14 @@ def service_request(
         resource["supportingInfo"] = [{"reference": r} for r in refs]
     if note:
         resource["note"] = [{"text": note}]
-    try:
-        ServiceRequest.model_validate(resource)
-    except Exception as exc:  # noqa: BLE001
-        raise SuggestionBuildError(f"{kind}: created ServiceRequest does not validate: {exc}") from exc
+    key = _json_key("ServiceRequest", resource)
+    if key is None or key not in ctx.validated:  # only successes are remembered: a failure raises each time
+        try:
+            ServiceRequest.model_validate(resource)
+        except Exception as exc:  # noqa: BLE001
+            raise SuggestionBuildError(f"{kind}: created ServiceRequest does not validate: {exc}") from exc
+        if key is not None:
+            ctx.validated.add(key)
     return resource
 
 
