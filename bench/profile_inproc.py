@@ -22,7 +22,8 @@ def main() -> int:
     from cds_service.settings import Settings
 
     app = create_app(Settings(environment="production", auth_mode="off", data_dir=Path(spec["data_dir"]),
-                              max_request_bytes=256 * 1024 * 1024, log_level="WARNING"))
+                              max_request_bytes=256 * 1024 * 1024, log_level="WARNING",
+                              **({"auto_migrate": True} if "auto_migrate" in Settings.__dataclass_fields__ else {})))
     client = app.test_client()
     cases = spec["cases"]
     largest = max((c for c in cases if c["name"].startswith("W3")), key=lambda c: c["resources"] or 0, default=None)

@@ -178,7 +178,10 @@ def resolve(
         resolved.by_key.setdefault(key, []).extend(result.resources)
         resolved.fetched_keys.append(key)
         if result.truncated:
+            # what was read is kept (partial mode uses it) but the key counts as not obtained: a search
+            # that pages on past the cap is either broken or too large to judge "nothing relevant" from
             resolved.truncated_keys.append(key)
+            resolved.missing.append(MissingKey(key, f"stopped after {result.pages} pages: the search did not end"))
     return resolved
 
 

@@ -23,7 +23,7 @@ class _Server(BaseApplication):
             "workers": self.settings.workers,
             # Threads let a worker keep computing while another request waits on the FHIR server.
             "worker_class": "gthread",
-            "threads": 4,
+            "threads": self.settings.threads,
             "timeout": int(self.settings.deadline_seconds) + 22,
             "graceful_timeout": 20,
             # Behind a load balancer: the balancer must close idle keep-alive connections before this

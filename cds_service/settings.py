@@ -52,6 +52,7 @@ class Settings:
     host: str = "127.0.0.1"
     port: int = 8080
     workers: int = field(default_factory=lambda: os.cpu_count() or 2)
+    threads: int = 4  # per gunicorn worker: lets a worker compute while another request waits on FHIR
     data_dir: Path = PROJECT_ROOT / "data"
     database_url: str | None = None  # None → sqlite:///<data_dir>/cds.sqlite3
     fhir_allowlist: tuple[str, ...] = DEFAULT_FHIR_ALLOWLIST
@@ -150,6 +151,7 @@ class Settings:
         numbers: dict[str, tuple[str, type]] = {
             "CDS_PORT": ("port", int),
             "CDS_WORKERS": ("workers", int),
+            "CDS_THREADS": ("threads", int),
             "CDS_MAX_REQUEST_BYTES": ("max_request_bytes", int),
             "CDS_FHIR_TIMEOUT": ("fhir_timeout_seconds", float),
             "CDS_DEADLINE": ("deadline_seconds", float),

@@ -142,15 +142,21 @@ def test_paged_prefetch_bundle_is_completed_from_the_server(app, client, fhir):
     assert [r.args.get("page") for r in fhir.requests] == ["1"]
 
 
-def test_paging_is_capped(make_app, fhir):
+def test_paging_is_capped_and_an_unfinished_search_is_not_obtained(make_app, fhir):
     app = make_app(fhir_max_pages=2)
     fhir.pages["Condition"] = [{"resourceType": "Condition", "id": f"c{i}", "subject": {"reference": "Patient/p1"}}
                                for i in range(6)]
     prefetch = empty_prefetch(templates(app))
     del prefetch["conditions"]
     body = hook_request(prefetch=prefetch, fhir_server=fhir.base, token=TOKEN)
-    assert app.test_client().post("/cds-services/lbp-patient-view", json=body).status_code == 200
+    response = app.test_client().post("/cds-services/lbp-patient-view", json=body)
+    assert response.status_code == 412
+    assert response.get_json()["missing"] == [
+        {"key": "conditions", "reason": "stopped after 2 pages: the search did not end"}
+    ]
     assert len(fhir.requests) == 2
+    partial = make_app(fhir_max_pages=2, on_missing_data="partial")
+    assert partial.test_client().post("/cds-services/lbp-patient-view", json=body).status_code == 200
 
 
 def test_latest_only_keys_do_not_follow_paging(app, client, fhir):
@@ -272,3 +278,14 @@ def test_prefetched_patient_must_match_context(app, client):
     response = post(client, hook_request(prefetch=prefetch))
     assert response.status_code == 400
     assert response.get_json()["field"] == "$.prefetch.patient"
+
+
+def test_bundle_with_malformed_entry_from_server_gives_412(app, client, fhir):
+    fhir.server.clear()
+    fhir.server.expect_request(re.compile("^/fhir/.*")).respond_with_json(
+        {"resourceType": "Bundle", "type": "searchset", "entry": 7})
+    prefetch = empty_prefetch(templates(app))
+    del prefetch["conditions"]
+    response = post(client, hook_request(prefetch=prefetch, fhir_server=fhir.base, token=TOKEN))
+    assert response.status_code == 412
+    assert "entry is not an array" in response.get_json()["missing"][0]["reason"]

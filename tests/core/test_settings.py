@@ -36,6 +36,7 @@ def test_environment_variables_are_read():
         ({"CDS_DEADLINE": "-1"}, "CDS_DEADLINE"),
         ({"CDS_ENV": "staging"}, "CDS_ENV"),
         ({"CDS_FHIR_ALLOWLIST": "ehr.example.org"}, "CDS_FHIR_ALLOWLIST"),
+        ({"CDS_FHIR_ALLOWLIST": "http://ehr.example.org/fhir"}, "CDS_FHIR_ALLOWLIST"),
         ({"CDS_FHIR_TIMEOUT": "9", "CDS_DEADLINE": "3"}, "CDS_FHIR_TIMEOUT"),
         ({"CDS_CONSOLE": "maybe"}, "CDS_CONSOLE"),
         ({"CDS_AUTH_MODE": "sometimes"}, "CDS_AUTH_MODE"),

@@ -28,7 +28,7 @@ MAX_DELAY = 5.0
 
 @dataclass(frozen=True)
 class Fault:
-    kind: str  # status | delay | malformed | drop | redirect | rewrite | body
+    kind: str  # status | delay | malformed | drop | redirect | rewrite | body | endless
     status: int = 200
     seconds: float = 0.0
     location: str = ""
@@ -62,6 +62,11 @@ class Fault:
     @staticmethod
     def rewrite_body(fn: Callable[[bytes], bytes]) -> Fault:
         return Fault("body", body=fn)
+
+    @staticmethod
+    def endless(seconds: float = MAX_DELAY) -> Fault:
+        """A 200 whose body never ends: JSON is streamed in small chunks for `seconds` (bounded)."""
+        return Fault("endless", seconds=min(seconds, MAX_DELAY))
 
 
 @dataclass
@@ -152,6 +157,18 @@ class FaultProxy:
                 self._send(h, record, 200, b'{"resourceType": "Bundle", "type": "searchset", "entry": [')
             elif fault.kind == "redirect":
                 self._send(h, record, fault.status, b"", {"Location": fault.location})
+            elif fault.kind == "endless":
+                record.status = 200
+                h.send_response(200)
+                h.send_header("Content-Type", "application/fhir+json")
+                h.end_headers()
+                h.wfile.write(b'{"resourceType": "Bundle", "type": "searchset", "entry": [')
+                stop = time.monotonic() + fault.seconds
+                while time.monotonic() < stop:
+                    h.wfile.write(b'{"resource": {"resourceType": "Basic", "id": "x"}},' * 64)
+                    h.wfile.flush()
+                    time.sleep(0.05)
+                h.close_connection = True
             elif fault.kind == "drop":
                 record.status = -1
                 with contextlib.suppress(OSError):

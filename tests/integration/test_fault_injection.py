@@ -140,3 +140,65 @@ def test_next_link_off_the_allowlist_is_not_followed(
     assert status == 412, body
     assert list(missing(body)) == ["conditions"]
     assert trap.hits == [], "the service followed a next link off its allowlist"
+
+
+def _self_next(body: bytes) -> bytes:
+    """A Bundle whose `next` link points back at the same search, on the proxy: paging never ends."""
+    import json
+
+    bundle = json.loads(body)
+    self_url = next((link["url"] for link in bundle.get("link", []) if link.get("relation") == "self"), None)
+    bundle["link"] = [{"relation": "next", "url": self_url or "Condition?patient=x&again=1"}]
+    return json.dumps(bundle).encode()
+
+
+def _padded(body: bytes) -> bytes:
+    """The same Bundle padded past the service's response size cap with valid, irrelevant entries."""
+    import json
+
+    bundle = json.loads(body)
+    filler = {"resource": {"resourceType": "Basic", "id": "filler", "code": {"text": "x" * 1000}}}
+    bundle["entry"] = (bundle.get("entry") or []) + [filler] * 400
+    return json.dumps(bundle).encode()
+
+
+@pytest.mark.parametrize(
+    ("prefix", "fault", "key", "reason"),
+    [
+        ("Condition", Fault.http(403), "conditions", "HTTP 403"),
+        ("Patient", Fault.http(404), "patient", "HTTP 404"),
+        ("Condition", Fault.rewrite_body(_self_next), "conditions", "stopped after 3 pages"),
+        ("Condition", Fault.endless(DEADLINE + 1), "conditions", "deadline|size limit"),
+        ("Condition", Fault.rewrite_body(_padded), "conditions", "size limit"),
+    ],
+    ids=["http-403", "patient-404", "page-that-never-ends", "body-that-never-ends", "huge-response"],
+)
+def test_more_faults_end_in_412_within_the_deadline(
+    fhir_server: FhirTarget, loaded_fixtures: FixtureSet, make_cds_app: Any, caplog: pytest.LogCaptureFixture,
+    prefix: str, fault: Fault, key: str, reason: str,
+) -> None:
+    app = make_cds_app(fhir_timeout_seconds=TIMEOUT, deadline_seconds=DEADLINE, fhir_max_pages=3,
+                       fhir_max_response_bytes=200_000, log_level="DEBUG")
+    with caplog.at_level("DEBUG"), FaultProxy(fhir_server.base_url, fault=only(prefix, fault)) as proxy:
+        status, body, elapsed = invoke(app, loaded_fixtures, proxy.base_url, fhir_server.token)
+    assert status == 412, body
+    assert list(missing(body)) == [key], body
+    assert any(option in missing(body)[key] for option in reason.split("|")), missing(body)
+    assert elapsed < DEADLINE + 1.0, f"answered after {elapsed:.1f} s, deadline {DEADLINE} s"
+    assert fhir_server.token not in caplog.text
+
+
+def test_server_down_gives_412_for_every_key_at_once(
+    fhir_server: FhirTarget, loaded_fixtures: FixtureSet, fault_app: Any
+) -> None:
+    import socket
+
+    with socket.socket() as sock:  # a port nobody listens on
+        sock.bind(("127.0.0.1", 0))
+        closed = f"http://127.0.0.1:{sock.getsockname()[1]}/fhir"
+    status, body, elapsed = invoke(fault_app, loaded_fixtures, closed, fhir_server.token)
+    assert status == 412, body
+    reasons = missing(body)
+    assert set(reasons) == set(discovery(fault_app.test_client())["patient-view"]["prefetch"])
+    assert all("unreachable" in r for r in reasons.values()), reasons
+    assert elapsed < TIMEOUT, "connection refused must not wait for a timeout"
