@@ -33,13 +33,19 @@ serve: $(STAMP)
 serve-dev: $(STAMP)
 	CDS_ENV=development $(VENV)/bin/cds-service serve --dev
 
-system-deps:
-	@missing=""; for p in $(SYSTEM_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+# $(call apt-install,PACKAGES): install those Debian packages that are missing (root, or sudo).
+# Used by every target here and in mk/*.mk that needs a system package.
+define apt-install
+	@missing=""; for p in $(1); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing system packages:$$missing"; \
 	  SUDO=""; [ "$$(id -u)" = 0 ] || SUDO="sudo"; \
 	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
 	fi
+endef
+
+system-deps:
+	$(call apt-install,$(SYSTEM_PACKAGES))
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check cds_service tests

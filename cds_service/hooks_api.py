@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import gc
 import logging
-import threading
 import time
 import uuid
 from contextlib import nullcontext
@@ -15,6 +13,7 @@ import orjson
 from flask import Blueprint, Response, current_app, g, request
 
 from .clinical.model import EvaluationInput, PatientRecord
+from .collector import COLLECTOR_PAUSE, LARGE_BODY_BYTES
 from .metrics import CARDS_SERVED, FEEDBACK, PREFETCH_MISSING
 from .prefetch import resolve
 from .protocol import RequestError, validate_feedback, validate_request
@@ -25,50 +24,6 @@ log = logging.getLogger("cds_service.hooks")
 bp = Blueprint("cds_hooks", __name__)
 
 
-# Requests at least this large are handled with the cyclic garbage collector paused (see _CollectorPause).
-LARGE_BODY_BYTES = 256 * 1024
-
-
-class _CollectorPause:
-    """Pause Python's cyclic garbage collector while large hook requests are handled (process-wide).
-
-    Parsing a large prefetch creates millions of dicts, lists and strings, all alive until the request
-    ends and none of them garbage. The collector nevertheless runs every 700 allocations, and its full
-    collections traverse the growing tree again and again: at 50 000 resources that costs several
-    times the parse itself (docs/benchmarks.md, W3). The pause ends when the last large request in the
-    process ends; the request's objects are freed by reference counting either way. Cycles created by
-    concurrent requests meanwhile (a few objects per request) wait for the next collection; should large
-    requests overlap without a break for PAUSE_LIMIT_SECONDS, a young-generation collection runs anyway.
-    """
-
-    PAUSE_LIMIT_SECONDS = 10.0
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._depth = 0
-        self._resume = False
-        self._since = 0.0
-
-    def __enter__(self) -> None:
-        with self._lock:
-            if self._depth == 0:
-                self._resume = gc.isenabled()
-                self._since = time.monotonic()
-                gc.disable()
-            self._depth += 1
-
-    def __exit__(self, *_exc: object) -> None:
-        with self._lock:
-            self._depth -= 1
-            if self._depth == 0:
-                if self._resume:
-                    gc.enable()
-            elif time.monotonic() - self._since > self.PAUSE_LIMIT_SECONDS:
-                self._since = time.monotonic()
-                gc.collect(0)
-
-
-_COLLECTOR_PAUSE = _CollectorPause()
 
 
 def runtime() -> Runtime:
@@ -109,7 +64,7 @@ def discovery() -> Response:
 def invoke(service_id: str) -> Response:
     started = time.monotonic()
     large = (request.content_length or 0) >= LARGE_BODY_BYTES
-    with _COLLECTOR_PAUSE if large else nullcontext():
+    with COLLECTOR_PAUSE if large else nullcontext():
         return _invoke(service_id, started)
 
 

@@ -14,12 +14,7 @@ BENCH_QUICK_OUT ?= /tmp/cds-bench-quick
 .PHONY: bench bench-deps bench-quick bench-report
 
 bench-deps: $(STAMP)
-	@missing=""; for p in $(BENCH_DEBIAN_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
-	if [ -n "$$missing" ]; then \
-	  echo "bench: installing Debian packages:$$missing"; \
-	  SUDO=""; [ "$$(id -u)" = 0 ] || SUDO="sudo"; \
-	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
-	fi
+	$(call apt-install,$(BENCH_DEBIAN_PACKAGES))
 	@$(PY) -c "import pyinstrument" 2>/dev/null || { echo "bench: installing $(BENCH_PIP_PACKAGES)"; $(PIP) install --quiet $(BENCH_PIP_PACKAGES); }
 
 bench: bench-deps

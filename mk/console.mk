@@ -10,12 +10,7 @@ CONSOLE_SCREENSHOT_PACKAGES ?= fonts-noto-color-emoji fonts-dejavu-core
 .PHONY: screenshots screenshot-deps console-test
 
 screenshot-deps:
-	@missing=""; for p in $(CONSOLE_SCREENSHOT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
-	if [ -n "$$missing" ]; then \
-	  echo "installing system packages:$$missing"; \
-	  SUDO=""; [ "$$(id -u)" = 0 ] || SUDO="sudo"; \
-	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
-	fi
+	$(call apt-install,$(CONSOLE_SCREENSHOT_PACKAGES))
 
 screenshots: $(STAMP) system-deps screenshot-deps
 	CONSOLE_SCREENSHOTS_DIR=$(abspath $(SCREENSHOTS_DIR)) $(VENV)/bin/pytest -q -p no:cacheprovider \
