@@ -249,7 +249,8 @@ def _register_operational_routes(app: Flask, rt: Runtime) -> None:
             orjson.loads(request.get_data(cache=False))
             return json_response({"cards": []})
 
+    contract = resources.files("cds_service").joinpath("openapi.yaml").read_bytes()  # read once
+
     @app.get("/openapi.yaml")
     def openapi() -> Response:
-        text = resources.files("cds_service").joinpath("openapi.yaml").read_bytes()
-        return Response(text, mimetype="application/yaml")
+        return Response(contract, mimetype="application/yaml")

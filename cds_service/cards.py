@@ -618,7 +618,10 @@ _default_catalog: CardCatalog | None = None
 
 
 def default_cards_dir() -> Path:
-    return Path(__file__).resolve().parent.parent / "cards"
+    """The same default as the service's settings: cds_service/data/cards (-> the repo's cards/)."""
+    from .settings import Settings
+
+    return Settings.__dataclass_fields__["cards_dir"].default
 
 
 def set_default_catalog(catalog: CardCatalog) -> None:

@@ -12,7 +12,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import urljoin
+from urllib.parse import urljoin, urlsplit
 
 import orjson
 import requests
@@ -121,7 +121,7 @@ class FhirClient:
                 if result.pages >= self.max_pages:
                     result.truncated = True
                     break
-                body = self._get_json(url, token, deadline, allowlist)
+                body = self._get_json(url, token, deadline, allowlist, same_origin(base_url))
                 result.pages += 1
                 url = None
                 if body.get("resourceType") == "Bundle":
@@ -159,15 +159,19 @@ class FhirClient:
         )
         return result
 
-    def _get_json(self, url: str, token: str | None, deadline: float, allowlist: tuple[str, ...]) -> dict[str, Any]:
-        # strict: a server that does not support a search parameter must fail the search rather than
-        # ignore the parameter and return a superset (other patients' data, in the worst case)
-        headers = {"Accept": "application/fhir+json", "Prefer": "handling=strict"}
-        if token:
-            headers["Authorization"] = f"Bearer {token}"
+    def _get_json(
+        self, url: str, token: str | None, deadline: float, allowlist: tuple[str, ...], origin: tuple[str, ...]
+    ) -> dict[str, Any]:
         for _redirect in range(4):
             if not url_allowed(url, allowlist):
                 raise FetchFailed("URL is not on the FHIR server allowlist")
+            # strict: a server that does not support a search parameter must fail the search rather than
+            # ignore the parameter and return a superset (other patients' data, in the worst case)
+            headers = {"Accept": "application/fhir+json", "Prefer": "handling=strict"}
+            if token and same_origin(url) == origin:
+                # the EHR's token goes to the fhirServer it was issued for, never to another host a
+                # redirect or a `next` link names, even an allowlisted one
+                headers["Authorization"] = f"Bearer {token}"
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 raise FetchFailed("deadline exceeded")
@@ -214,6 +218,16 @@ class FhirClient:
         except requests.RequestException as exc:
             raise FetchFailed(f"FHIR response interrupted ({type(exc).__name__})", response.status_code) from exc
         return b"".join(chunks)
+
+
+def same_origin(url: str) -> tuple[str, ...]:
+    """(scheme, host, port) with default ports filled in: what decides where a bearer token may go."""
+    try:
+        parts = urlsplit(url)
+        port = parts.port or {"http": 80, "https": 443}.get(parts.scheme, 0)
+    except ValueError:
+        return ("invalid",)
+    return (parts.scheme, (parts.hostname or "").lower(), str(port))
 
 
 def next_link(bundle: dict[str, Any]) -> str | None:

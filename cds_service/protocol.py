@@ -89,7 +89,7 @@ def _inline_refs(name: str, schemas: dict[str, dict[str, Any]]) -> dict[str, Any
 
 
 @cache
-def _validators() -> dict[str, Draft202012Validator]:
+def validators() -> dict[str, Draft202012Validator]:
     raw = {name: load_schema(name) for name in SCHEMA_NAMES}
     schemas = {name: _inline_refs(name, raw) for name in SCHEMA_NAMES}
     registry: Registry = Registry().with_resources(
@@ -154,7 +154,7 @@ def _describe(error: ValidationError) -> str:
 
 def first_error(schema: str, instance: Any, prefix: str = "$") -> tuple[str, str] | None:
     """Return (field path, description) of the most relevant schema error, or None if valid."""
-    validator = _validators()[schema]
+    validator = validators()[schema]
     errors = sorted(validator.iter_errors(instance), key=lambda e: (len(list(e.absolute_path)), str(e.path)))
     if not errors:
         return None
@@ -210,7 +210,7 @@ def validate_feedback(body: Any) -> None:
 def response_errors(response: Any) -> list[str]:
     """All schema and rule violations of a CDS Hooks response (used by tests and the validator)."""
     problems = [
-        f"{_path(e, '$')}: {e.message[:200]}" for e in _validators()["response"].iter_errors(response)
+        f"{_path(e, '$')}: {e.message[:200]}" for e in validators()["response"].iter_errors(response)
     ]
     for index, card in enumerate(response.get("cards", []) if isinstance(response, dict) else []):
         suggestions = card.get("suggestions", []) if isinstance(card, dict) else []

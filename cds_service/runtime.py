@@ -8,6 +8,7 @@ from .auth import Authenticator, SqlReplayCache
 from .cards import CardCatalog
 from .clinical.knowledge import Knowledge
 from .fhir_client import FhirClient
+from .protocol import validators
 from .registry import ServiceDefinition, build_registry
 from .settings import Settings, SettingsError
 from .store import Store
@@ -31,6 +32,7 @@ class Runtime:
                 "CDS_PUBLIC_BASE_URL is required in production when client authentication is on: the JWT `aud` "
                 "must be checked against the URL clients call, not against the request's Host header"
             )
+        validators()  # compile the JSON Schemas now, not on the first hook request
         knowledge = Knowledge.load(settings.site_config)
         store = Store(
             settings.effective_database_url, settings.patient_hash_key, auto_migrate=settings.effective_auto_migrate

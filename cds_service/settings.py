@@ -53,7 +53,9 @@ class Settings:
     port: int = 8080
     workers: int = field(default_factory=lambda: os.cpu_count() or 2)
     threads: int = 4  # per gunicorn worker: lets a worker compute while another request waits on FHIR
-    data_dir: Path = PROJECT_ROOT / "data"
+    # ./data of the directory the service starts in (the repo for `make serve`): never inside the
+    # installed package, which may be read-only; deployments set CDS_DATA_DIR or CDS_DATABASE_URL
+    data_dir: Path = field(default_factory=lambda: Path.cwd() / "data")
     database_url: str | None = None  # None → sqlite:///<data_dir>/cds.sqlite3
     fhir_allowlist: tuple[str, ...] = DEFAULT_FHIR_ALLOWLIST
     allow_open_fhir_servers: bool = False  # call fhirServer when no fhirAuthorization is sent

@@ -128,6 +128,21 @@ def _state(flag: bool, evidence: tuple[Evidence, ...] = (), note: str | None = N
     return Finding(State.MET if flag else State.NOT_MET, evidence, note)
 
 
+def _radicular_with_order_reason(found: Finding, order: dict[str, Any], knowledge: Knowledge) -> Finding:
+    """Radicular features also come from the draft order's reasonCode (spec section 1: the episode
+    includes the order's reason), e.g. an MRI ordered for lumbar radiculopathy M54.16."""
+    reasons = order.get("reasonCode")
+    matched = [
+        coding
+        for concept in (reasons if isinstance(reasons, list) else [])
+        if (coding := knowledge.match("radicular-pain", concept))
+    ]
+    if not matched:
+        return found
+    evidence = tuple(Evidence(reference_of(order), f"Order reason: {describe_coding(c)}") for c in matched)
+    return Finding(State.MET, found.evidence + evidence if found.met else evidence, found.note if found.met else None)
+
+
 def _red_flag_group(group: Sequence[RedFlag]) -> Finding:
     """Met when any flag is met; not met only when every flag was explicitly answered "no";
     otherwise not documented -- absence of a recorded red flag is not evidence it was asked about."""
@@ -267,9 +282,10 @@ def evaluate_order(
     duration = facts.episode.duration_days
     long_enough = duration is not None and duration >= defer_days
     care = facts.conservative_care
+    radicular = _radicular_with_order_reason(facts.radicular, order.resource, knowledge)
     criteria.extend(
         [
-            criterion("imaging-radicular", "Radicular pain or spinal stenosis", facts.radicular),
+            criterion("imaging-radicular", "Radicular pain or spinal stenosis", radicular),
             criterion(
                 "imaging-duration-6-weeks",
                 f"Back pain for {t.imaging_defer_weeks} weeks or more",
@@ -290,7 +306,7 @@ def evaluate_order(
         ]
     )
     care_lines = [evidence_line(e) for e in care.evidence] if care.met else []
-    if facts.radicular.met and long_enough and care.met and order.modality == "mri":
+    if radicular.met and long_enough and care.met and order.modality == "mri":
         return decision(
             "imaging-appropriate",
             5,

@@ -32,8 +32,10 @@ _TO_MG_PER_L = {
     "g/l": 1000.0,
     "mg/100ml": 10.0,
 }
-_POSITIVE_CODES = {(SNOMED, "10828004")}
-_NEGATIVE_CODES = {(SNOMED, "260385009")}
+# SNOMED (spec) and the LOINC answer codes laboratories use for presence results (LA6576-8 Positive,
+# LA6577-6 Negative; beyond the spec's list, same meaning)
+_POSITIVE_CODES = {(SNOMED, "10828004"), ("http://loinc.org", "LA6576-8")}
+_NEGATIVE_CODES = {(SNOMED, "260385009"), ("http://loinc.org", "LA6577-6")}
 _POSITIVE_STRINGS = {"positive", "detected"}
 _NEGATIVE_STRINGS = {"negative", "not detected"}
 
@@ -134,12 +136,16 @@ def interpret_hla_b27(observation: dict[str, Any]) -> LabResult:
             state, value_text = NEGATIVE, coding.get("display") or "Negative"
         if state != NOT_DOCUMENTED:
             break
-    if state == NOT_DOCUMENTED and isinstance(observation.get("valueString"), str):
-        text = " ".join(observation["valueString"].strip().lower().split())
+    # free text: valueString, or the text of an uncoded valueCodeableConcept
+    free_text = observation.get("valueString")
+    if not isinstance(free_text, str) and isinstance(concept, dict):
+        free_text = concept.get("text")
+    if state == NOT_DOCUMENTED and isinstance(free_text, str):
+        text = " ".join(free_text.strip().lower().split())
         if text in _POSITIVE_STRINGS:
-            state, value_text = POSITIVE, observation["valueString"]
+            state, value_text = POSITIVE, free_text
         elif text in _NEGATIVE_STRINGS:
-            state, value_text = NEGATIVE, observation["valueString"]
+            state, value_text = NEGATIVE, free_text
     if state == NOT_DOCUMENTED:
         codes = interpretation_codes(observation)
         if "POS" in codes:

@@ -303,3 +303,18 @@ def test_red_flags_unrecorded_are_not_documented_not_silently_not_met(run) -> No
     states = {c.id: c.state for c in one(sign(run, lbp(14))).criteria}
     assert states["imaging-cauda-equina"] is State.NOT_DOCUMENTED
     assert states["imaging-red-flags"] is State.NOT_DOCUMENTED
+
+
+def test_step5_radicular_feature_from_the_order_reason(run) -> None:
+    """An MRI ordered for lumbar radiculopathy (ICD-10-CM M54.16) after 6 weeks of conservative care:
+    the order's reason supplies the radicular feature (positive); without it, not indicated (negative);
+    the same reason under 6 weeks stays not indicated (boundary)."""
+    reason = [cc("M54.16", ICD, "Radiculopathy, lumbar region")]
+    care = med_request("5640", authored=days_ago(50))
+    card = one(sign(run, lbp(60), care, orders=[mri_order(rid="o1", reason=reason)]))
+    assert (card.topic, card.params["imaging_step"]) == ("imaging-appropriate", 5)
+    states = {c.id: c for c in card.criteria}
+    assert states["imaging-radicular"].state is State.MET
+    assert "Order reason" in states["imaging-radicular"].evidence[0].text
+    assert one(sign(run, lbp(60), care, orders=[mri_order(rid="o1")])).topic == "imaging-not-indicated"
+    assert one(sign(run, lbp(41), care, orders=[mri_order(rid="o1", reason=reason)])).params["case"] == "under-6-weeks"

@@ -78,6 +78,8 @@ def test_crp_lookback(facts_of) -> None:
         ({"value_string": "Not  detected"}, labs.NEGATIVE),
         ({"interpretation": "POS"}, labs.POSITIVE),
         ({"interpretation": "NEG"}, labs.NEGATIVE),
+        ({"value_cc": ("http://loinc.org", "LA6576-8")}, labs.POSITIVE),
+        ({"value_cc": ("http://loinc.org", "LA6577-6")}, labs.NEGATIVE),
         ({"value_string": "see report"}, labs.NOT_DOCUMENTED),
         ({}, labs.NOT_DOCUMENTED),
     ],
@@ -92,3 +94,11 @@ def test_hla_b27_alternative_loinc_and_most_recent(facts_of) -> None:
     facts = facts_of(record(old, flow))
     assert facts.hla_b27.state == labs.POSITIVE and facts.hla_b27_recent
     assert not facts_of(record(old)).hla_b27_recent
+
+
+def test_hla_b27_from_an_uncoded_value_concept_text(facts_of) -> None:
+    result = hla_b27()
+    result["valueCodeableConcept"] = {"text": "Positive"}
+    assert facts_of(record(result)).hla_b27.state == labs.POSITIVE
+    result["valueCodeableConcept"] = {"text": "inconclusive"}
+    assert facts_of(record(result)).hla_b27.state == labs.NOT_DOCUMENTED

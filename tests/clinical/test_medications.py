@@ -124,3 +124,15 @@ def test_physiotherapy_referral_or_procedure(facts_of) -> None:
 def test_no_conservative_care(facts_of) -> None:
     finding = facts_of(record(lbp())).conservative_care
     assert finding.state is State.NOT_DOCUMENTED and finding.note
+
+
+def test_biologics_and_opioids_are_recognised_by_code_and_by_name(facts_of) -> None:
+    """Spondyloarthritis biologics (e.g. secukinumab) are immunosuppression; opioid analgesics are an
+    analgesic course for conservative care; an uncoded statin is neither."""
+    biologic = med_request("1599788", authored=days_ago(30))
+    by_name = med_request("999999", text="Cosentyx (secukinumab) 150 mg pen", authored=days_ago(30))
+    assert flag(facts_of(record(lbp(), biologic)), "immunosuppression").met
+    assert flag(facts_of(record(lbp(), by_name)), "immunosuppression").met
+    assert facts_of(record(lbp(), med_request("7804", authored=days_ago(60)))).conservative_care.met
+    statin = med_request("999998", text="atorvastatin 20 mg", authored=days_ago(60))
+    assert not facts_of(record(lbp(), statin)).conservative_care.met

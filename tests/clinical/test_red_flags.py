@@ -189,3 +189,17 @@ def test_age_over_50_alone_is_not_a_red_flag(run) -> None:
     assert topics(decisions) == ["self-management"]
     assert decisions[0].params["age_over_50"] is True
     assert run("patient-view", record(lbp(10), pat=patient(age_birth(50))))[0].params["age_over_50"] is False
+
+
+def test_red_flag_recorded_as_an_observation_is_seen(run) -> None:
+    """Some EHRs record history of cancer as an Observation: the prefetch searches for it and the rule
+    reads it (positive); a cancer code on a cancelled Observation is ignored (negative)."""
+    from cds_service.clinical.knowledge import Knowledge
+
+    from .builders import SNOMED, lbp, observation, record
+
+    assert "363346000" in Knowledge.load(None).search_tokens("symptom-findings")
+    finding = observation("363346000", SNOMED, effective="2020-01-01", value_bool=True)
+    assert [d.topic for d in run("patient-view", record(lbp(20), finding))] == ["red-flag"]
+    finding["status"] = "cancelled"
+    assert "red-flag" not in [d.topic for d in run("patient-view", record(lbp(20), finding))]

@@ -289,3 +289,27 @@ def test_bundle_with_malformed_entry_from_server_gives_412(app, client, fhir):
     response = post(client, hook_request(prefetch=prefetch, fhir_server=fhir.base, token=TOKEN))
     assert response.status_code == 412
     assert "entry is not an array" in response.get_json()["missing"][0]["reason"]
+
+
+def test_token_is_not_sent_to_another_allowlisted_host(make_app, fhir):
+    """A next link to a different (allowlisted) server is followed without the EHR's bearer token."""
+    other = HTTPServer(host="127.0.0.1", port=0, threaded=True)
+    other.start()
+    try:
+        other.expect_request(re.compile("^/fhir/.*")).respond_with_json(bundle([]))
+        fhir.server.clear()
+        fhir.server.expect_request(re.compile("^/fhir/.*")).respond_with_json(
+            bundle([], next_url=other.url_for("/fhir/Condition?page=2")))
+        app = make_app()
+        prefetch = empty_prefetch(templates(app))
+        del prefetch["conditions"]
+        response = app.test_client().post("/cds-services/lbp-patient-view",
+                                          json=hook_request(prefetch=prefetch, fhir_server=fhir.base, token=TOKEN))
+        assert response.status_code == 200
+        [first] = [r for r, _ in fhir.server.log]
+        [second] = [r for r, _ in other.log]
+        assert first.headers["Authorization"] == f"Bearer {TOKEN}"
+        assert "Authorization" not in second.headers
+    finally:
+        other.clear()
+        other.stop()
