@@ -9,7 +9,7 @@ STAMP  := $(VENV)/.installed
 # Debian packages the test suite drives for real (browser tests, benchmarks, load balancer tests).
 SYSTEM_PACKAGES ?= chromium chromium-driver
 
-.PHONY: serve serve-dev test lint venv system-deps clean help
+.PHONY: serve serve-dev test lint venv system-deps venv-system-deps clean help
 
 help:
 	@echo "make serve   - create .venv, install, start the service on 127.0.0.1:8080 (development defaults)"
@@ -18,6 +18,7 @@ help:
 
 $(STAMP): pyproject.toml
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "$(PYTHON) not found: install Python 3.11"; exit 1; }
+	@$(PYTHON) -c "import ensurepip" 2>/dev/null || $(MAKE) --no-print-directory venv-system-deps
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install --quiet --upgrade pip
 	$(PIP) install --quiet -e '.[test]'
@@ -46,6 +47,10 @@ endef
 
 system-deps:
 	$(call apt-install,$(SYSTEM_PACKAGES))
+
+# Debian splits ensurepip (needed by `python3.11 -m venv`) into its own package.
+venv-system-deps:
+	$(call apt-install,python3.11-venv)
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check cds_service tests
