@@ -655,6 +655,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     req = sub.add_parser("requests", help="regenerate the example CDS Hooks requests in fixtures/requests/")
     req.add_argument("--fixtures", type=Path, default=FIXTURES_DIR)
+    req.add_argument("--out", type=Path, default=None, help="directory to write to (default: fixtures/requests)")
     req.add_argument(
         "--shift-to",
         default=None,
@@ -666,7 +667,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         shift_to = date.today()
     elif args.shift_to:
         shift_to = date.fromisoformat(args.shift_to)
-    for path in write_example_requests(args.fixtures, shift_to):
+    for path in write_example_requests(args.fixtures, shift_to, args.out):
         print(path)
     return 0
 
