@@ -19,6 +19,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Self
 from urllib.parse import parse_qsl, urlencode, urlsplit
 
 import requests
@@ -77,8 +78,31 @@ class Record:
     status: int = 0
 
 
+class _LoopbackServer:
+    """A threaded HTTP server on a free loopback port, serving while the `with` block runs."""
+
+    def _listen(self, host: str, handler: type[BaseHTTPRequestHandler], name: str) -> None:
+        self._server = ThreadingHTTPServer((host, 0), handler)
+        self._server.daemon_threads = True
+        self._thread = threading.Thread(target=self._server.serve_forever, name=name, daemon=True)
+
+    @property
+    def base_url(self) -> str:
+        host, port = self._server.server_address[:2]
+        return f"http://{host}:{port}/fhir"
+
+    def __enter__(self) -> Self:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join(timeout=5)
+
+
 @dataclass
-class FaultProxy:
+class FaultProxy(_LoopbackServer):
     upstream: str  # the real server's FHIR base URL
     fault: Callable[[str], Fault | None] = lambda path: None
     records: list[Record] = field(default_factory=list)
@@ -99,23 +123,7 @@ class FaultProxy:
             def log_message(self, format: str, *args: object) -> None:  # keep test output quiet
                 pass
 
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._server.daemon_threads = True
-        self._thread = threading.Thread(target=self._server.serve_forever, name="fault-proxy", daemon=True)
-
-    @property
-    def base_url(self) -> str:
-        host, port = self._server.server_address[:2]
-        return f"http://{host}:{port}/fhir"
-
-    def __enter__(self) -> FaultProxy:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._server.shutdown()
-        self._server.server_close()
-        self._thread.join(timeout=5)
+        self._listen("127.0.0.1", Handler, "fault-proxy")
 
     def _session(self) -> requests.Session:
         session = getattr(self._local, "session", None)
@@ -212,7 +220,7 @@ class FaultProxy:
         h.wfile.write(body)
 
 
-class TrapServer:
+class TrapServer(_LoopbackServer):
     """Listens on a loopback address off the service's allowlist; counts any request it gets."""
 
     def __init__(self, host: str = "127.0.0.2") -> None:
@@ -230,20 +238,4 @@ class TrapServer:
             def log_message(self, format: str, *args: object) -> None:
                 pass
 
-        self._server = ThreadingHTTPServer((host, 0), Handler)
-        self._server.daemon_threads = True
-        self._thread = threading.Thread(target=self._server.serve_forever, name="trap", daemon=True)
-
-    @property
-    def base_url(self) -> str:
-        host, port = self._server.server_address[:2]
-        return f"http://{host}:{port}/fhir"
-
-    def __enter__(self) -> TrapServer:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._server.shutdown()
-        self._server.server_close()
-        self._thread.join(timeout=5)
+        self._listen(host, Handler, "trap")
