@@ -46,7 +46,7 @@ class Runtime:
             settings=settings,
             knowledge=knowledge,
             services=build_registry(knowledge),
-            catalog=CardCatalog.load(settings.cards_dir),
+            catalog=CardCatalog.load(settings.cards_dir, site_config=settings.site_config),
             store=store,
             fhir=FhirClient(
                 timeout=settings.fhir_timeout_seconds,

@@ -72,6 +72,8 @@ class Thresholds:
     axspa_entry_min_months: int
     axspa_early_onset_age_years: int
     self_management_max_weeks: int
+    chronic_management_min_age_years: int
+    exercise_programme_lookback_months: int
 
     @classmethod
     def from_mapping(cls, data: Mapping[str, Any], source: str) -> Thresholds:
@@ -371,9 +373,10 @@ def _apply_site_config(path: Path, valuesets: dict[str, ValueSet], thresholds: T
         return thresholds
     if not isinstance(config, dict):
         raise KnowledgeError(f"{source}: expected a mapping with 'valuesets' and/or 'thresholds'")
-    unknown = sorted(set(config) - {"valuesets", "thresholds"})
+    # card_detail (compact | full) is a presentation setting of the same file, read by cds_service/cards.py.
+    unknown = sorted(set(config) - {"valuesets", "thresholds", "card_detail"})
     if unknown:
-        raise KnowledgeError(f"{source}: unknown top-level key(s) {unknown}; allowed: valuesets, thresholds")
+        raise KnowledgeError(f"{source}: unknown top-level key(s) {unknown}; allowed: valuesets, thresholds, card_detail")
     sets = config.get("valuesets") or {}
     if not isinstance(sets, dict):
         raise KnowledgeError(f"{source}: valuesets: expected a mapping of value set id to a list of codes")
