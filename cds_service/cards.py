@@ -368,9 +368,8 @@ def _parse_override_reasons(raw: Any, path: Path) -> tuple[dict[str, str], ...]:
         system = _optional(item, "system", path, str, f"{where}.") or OVERRIDE_REASON_SYSTEM
         if system == OVERRIDE_REASON_SYSTEM:
             if code not in OVERRIDE_REASONS:
-                raise CardFileError(
-                    path, f"{where}", f"code {code!r} is not in the override-reason CodeSystem ({OVERRIDE_REASON_FILE.name})"
-                )
+                problem = f"code {code!r} is not in the override-reason CodeSystem ({OVERRIDE_REASON_FILE.name})"
+                raise CardFileError(path, where, problem)
             if item.get("display") is not None:
                 raise CardFileError(path, f"{where}.display", "comes from the CodeSystem; give only the code")
             display = OVERRIDE_REASONS[code]

@@ -376,7 +376,9 @@ def _apply_site_config(path: Path, valuesets: dict[str, ValueSet], thresholds: T
     # card_detail (compact | full) is a presentation setting of the same file, read by cds_service/cards.py.
     unknown = sorted(set(config) - {"valuesets", "thresholds", "card_detail"})
     if unknown:
-        raise KnowledgeError(f"{source}: unknown top-level key(s) {unknown}; allowed: valuesets, thresholds, card_detail")
+        raise KnowledgeError(
+            f"{source}: unknown top-level key(s) {unknown}; allowed: valuesets, thresholds, card_detail"
+        )
     sets = config.get("valuesets") or {}
     if not isinstance(sets, dict):
         raise KnowledgeError(f"{source}: valuesets: expected a mapping of value set id to a list of codes")

@@ -94,7 +94,10 @@ def _edit(path: Path, change) -> None:
         (lambda d: d["overrideReasons"].append("patient-declines"), "overrideReasons[4]"),
         (lambda d: d["overrideReasons"].__setitem__(0, {"code": "patient-specific", "display": "x"}),
          "overrideReasons[0].display"),
-        (lambda d: d["overrideReasons"].append({"system": "urn:oid:1.2.3", "code": "local"}), "overrideReasons[4].display"),
+        (
+            lambda d: d["overrideReasons"].append({"system": "urn:oid:1.2.3", "code": "local"}),
+            "overrideReasons[4].display",
+        ),
         (lambda d: d["overrideReasons"].append(d["overrideReasons"][0]), "overrideReasons[4].code"),
         (lambda d: d["links"][0].__setitem__("url", "/relative"), "links[0].url"),
         (lambda d: d["links"][0].__setitem__("type", "iframe"), "links[0].type"),
