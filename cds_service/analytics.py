@@ -396,13 +396,15 @@ def build_report(
             .where(and_(*in_period))
             .group_by(served_cards.c.service_id, served_cards.c.topic)
         ).all()
+        # grouped by code (system + code): an EHR that echoes another display must not split a reason
         reason_rows = conn.execute(
             select(served_cards.c.service_id, served_cards.c.topic, latest.c.override_system,
-                   latest.c.override_code, latest.c.override_display, func.count().label("n"))
+                   latest.c.override_code, func.max(latest.c.override_display).label("override_display"),
+                   func.count().label("n"))
             .select_from(joined)
             .where(and_(*in_period, latest.c.outcome == "overridden"))
             .group_by(served_cards.c.service_id, served_cards.c.topic, latest.c.override_system,
-                      latest.c.override_code, latest.c.override_display)
+                      latest.c.override_code)
         ).all()
         comment_rows = conn.execute(
             select(served_cards.c.service_id, served_cards.c.topic, latest.c.override_code,
