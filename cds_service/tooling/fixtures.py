@@ -276,7 +276,7 @@ class Manifest:
         for spec in self.fixtures:
             if spec.slug == slug:
                 return spec
-        raise KeyError(slug)
+        raise KeyError(f"no fixture {slug!r} in the manifest")
 
 
 class ManifestError(ValueError):
@@ -295,6 +295,12 @@ def _as_date(value: Any, where: str) -> date:
 def load_manifest(fixtures_dir: Path | str = FIXTURES_DIR) -> Manifest:
     """Read fixtures/manifest.yaml (patients, their orders and the expected cards)."""
     fixtures_dir = Path(fixtures_dir)
+    if not (fixtures_dir / "manifest.yaml").is_file():
+        # an installed wheel carries no fixtures: they live in the source checkout's fixtures/
+        raise ManifestError(
+            f"no fixture manifest at {fixtures_dir / 'manifest.yaml'}: pass the fixtures directory of a source "
+            "checkout (e.g. `cds-service validate path/to/repo/fixtures`)"
+        )
     data = yaml.safe_load((fixtures_dir / "manifest.yaml").read_text(encoding="utf-8"))
     anchor = _as_date(data.get("anchor", DEFAULT_ANCHOR), "anchor")
     specs: list[FixtureSpec] = []

@@ -16,6 +16,7 @@ Every 200 response is also checked against the CDS Hooks response schema and car
 from __future__ import annotations
 
 import argparse
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import date
@@ -243,9 +244,14 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 def command(args: argparse.Namespace) -> int:
     """``cds-service validate``: exit 0 when every fixture gives exactly its expected cards."""
+    from cds_service.tooling.fixtures import ManifestError
+
     runtime = evaluation_runtime()
     try:
         report = run(args.fixtures, runtime.engine, args.on, args.only)
+    except (ManifestError, KeyError) as exc:
+        print(f"cds-service validate: {exc}", file=sys.stderr)
+        return 2
     finally:
         runtime.close()
     print(report.to_table())
