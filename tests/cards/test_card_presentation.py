@@ -19,7 +19,7 @@ from cds_service.cards import OVERRIDE_REASON_SYSTEM, CardCatalog, CardFileError
 from cds_service.clinical import evaluate
 from cds_service.clinical.knowledge import FHIR_DIR, Knowledge
 from cds_service.clinical.model import EvaluationInput, PatientRecord
-from cds_service.fixtures import load_manifest
+from cds_service.tooling.fixtures import load_manifest
 
 from .conftest import CARDS_DIR, REPO, decision
 
