@@ -72,12 +72,14 @@ def red_flag_criterion(cid: str, facts: PatientFacts) -> tuple[Criterion, dict[s
     """The "no red flags" criterion (met only when every question was answered no) and its params."""
     not_asked, answered_no, evidence = red_flag_questions(facts)
     state = State.NOT_DOCUMENTED if not_asked else State.MET
+    total = len(not_asked) + len(answered_no)
+    note = f"{len(not_asked)} of {total} red-flag questions not answered" if not_asked else None
     params = {
         "red_flag_questions_not_asked": not_asked,
         "red_flag_questions_answered_no": answered_no,
         "no_red_flags_confirmed": not not_asked,
     }
-    return Criterion(cid, "No red flags", state, evidence), params
+    return Criterion(cid, "No red flags", state, evidence, note), params
 
 
 def duration_evidence(facts: PatientFacts) -> tuple[Evidence, ...]:
