@@ -77,6 +77,7 @@ def _invoke(service_id: str, started: float) -> Response:
 
     context = body["context"]
     allowlist = g.auth.fhir_allowlist if g.auth and g.auth.fhir_allowlist else rt.settings.fhir_allowlist
+    now = datetime.now(UTC)
     resolved = resolve(
         service.prefetch,
         body,
@@ -85,6 +86,8 @@ def _invoke(service_id: str, started: float) -> Response:
         deadline=started + rt.settings.deadline_seconds,
         allow_open_servers=rt.settings.allow_open_fhir_servers,
         follow_paging={key: key not in service.first_page_only for key in service.prefetch},
+        now=now,
+        windows=service.windows,
     )
     for missing in resolved.missing:
         PREFETCH_MISSING.labels(missing.key).inc()
@@ -111,7 +114,6 @@ def _invoke(service_id: str, started: float) -> Response:
         user_id=context.get("userId"),
         missing=tuple(m.key for m in resolved.missing),
     )
-    now = datetime.now(UTC)
     decisions = service.evaluate(EvaluationInput(hook=service.hook, record=record, now=now))
     cards = [rt.catalog.render(decision, record) for decision in decisions]
 
