@@ -2,7 +2,9 @@
 
 Runs the service exactly as an EHR calls it — discovery first (to learn each service's prefetch
 templates), then ``POST /cds-services/{id}`` with a full prefetch built in memory from the fixture
-(`cds_service.fixtures.prefetch_for`) — and compares the card topics returned with the topics the
+(`cds_service.fixtures.prefetch_for`) and, beside it, a ``fhirServer`` + token answered in process
+from the same fixture (`cds_service.fixture_fhir`: what the service fetches itself, e.g. the rest of
+a fever window a "latest 50" prefetch cut off) — and compares the card topics returned with the topics the
 fixture manifest expects (written from the clinical specification, independently of the engine).
 On the order hooks each draft order is also checked on its own (order-select with that order as
 the only selection), so a wrong card is pinned to the order that produced it.
@@ -27,6 +29,7 @@ from typing import Any
 from flask import Flask
 from flask.testing import FlaskClient
 
+from cds_service.fixture_fhir import FIXTURE_FHIR_BASE, serving
 from cds_service.fixtures import FIXTURES_DIR, FixtureSpec, LoadedFixture, build_request, load_manifest
 
 HOOK_ORDER = ("patient-view", "order-select", "order-sign")
@@ -111,7 +114,8 @@ class Report:
             "",
             "Every synthetic fixture patient (`fixtures/patients/`) sent through every hook the way an EHR "
             "calls the service (discovery, then `POST /cds-services/{id}` with a full prefetch built "
-            "from the fixture), comparing the card topics returned with the topics "
+            "from the fixture and a FHIR server answering from it in process), comparing the card topics "
+            "returned with the topics "
             "`fixtures/manifest.yaml` expects. "
             "The expectations were written from the clinical specification, not from the engine's output. "
             "Order hooks are also checked per draft order (order-select with that order alone selected).",
@@ -184,6 +188,10 @@ def _call(
     from cds_service.protocol import response_errors
 
     request = build_request(fixture, hook, service.get("prefetch", {}), selections=selections)
+    # as an EHR sends it: the FHIR server and its token beside the prefetch (cds_service.fixture_fhir)
+    server = build_request(fixture, hook, None, with_prefetch=False, selections=selections,
+                           fhir_server=FIXTURE_FHIR_BASE)
+    request.update(fhirServer=server["fhirServer"], fhirAuthorization=server["fhirAuthorization"])
     response = client.post(f"/cds-services/{service['id']}", json=request)
     body = response.get_json(silent=True)
     problems: list[str] = []
@@ -199,6 +207,13 @@ def run_fixture(
 ) -> list[CallResult]:
     """Every hook for one fixture (order hooks only when it has draft orders), plus each order alone."""
     fixture = spec.load(shift_to)
+    with serving(client.application.extensions["cds"].fhir.session, fixture.resources):
+        return _run_hooks(client, services, spec, fixture)
+
+
+def _run_hooks(
+    client: FlaskClient, services: dict[str, dict[str, Any]], spec: FixtureSpec, fixture: LoadedFixture
+) -> list[CallResult]:
     results = [_call(client, services["patient-view"], fixture, "patient-view", "hook", spec.expected("patient-view"))]
     if not spec.orders:
         return results
