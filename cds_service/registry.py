@@ -18,6 +18,12 @@ PATIENT = "{{context.patientId}}"
 # every MedicationStatement status but entered-in-error and not-taken (a stopped course was still taken;
 # the clinical reader judges the rest)
 STATEMENT_STATUSES = "active,completed,stopped,on-hold,intended,unknown"
+# hook → service id: the only place service ids are written (fixtures, benchmarks and docs read it here)
+SERVICE_IDS = {
+    "patient-view": "lbp-patient-view",
+    "order-select": "lbp-imaging-order-select",
+    "order-sign": "lbp-imaging-order-sign",
+}
 
 
 @dataclass(frozen=True)
@@ -97,7 +103,7 @@ def build_registry(knowledge: Knowledge) -> dict[str, ServiceDefinition]:
 
     services = [
         ServiceDefinition(
-            id="lbp-patient-view",
+            id=SERVICE_IDS["patient-view"],
             hook="patient-view",
             title="Low back pain: red flags, axial spondyloarthritis and self-management",
             description=(
@@ -112,7 +118,7 @@ def build_registry(knowledge: Knowledge) -> dict[str, ServiceDefinition]:
             windows=windows,
         ),
         ServiceDefinition(
-            id="lbp-imaging-order-select",
+            id=SERVICE_IDS["order-select"],
             hook="order-select",
             title="Low back pain: lumbar imaging appropriateness (order selection)",
             description=(
@@ -127,7 +133,7 @@ def build_registry(knowledge: Knowledge) -> dict[str, ServiceDefinition]:
             windows=windows,
         ),
         ServiceDefinition(
-            id="lbp-imaging-order-sign",
+            id=SERVICE_IDS["order-sign"],
             hook="order-sign",
             title="Low back pain: lumbar imaging appropriateness (order signing)",
             description=(

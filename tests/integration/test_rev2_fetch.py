@@ -18,9 +18,9 @@ from urllib.parse import parse_qsl
 
 import pytest
 
-from cds_service.fixtures import build_request
 from cds_service.prefetch import resolve
 from cds_service.prefetch_window import reading_instant, window_start
+from cds_service.tooling.fixtures import build_request
 
 from .conftest import FhirTarget, FixtureSet, discovery, matches
 from .faultproxy import FaultProxy

@@ -5,7 +5,7 @@ with a token beside it. So when a "latest N" prefetch (the 50 latest temperature
 patient) stops short of the fever window, the service completes it with a date-bounded search
 exactly as in production. The server is a `requests` transport adapter mounted on the app's own
 FhirClient session for a loopback URL on the default allowlist: no socket is opened and nothing
-leaves the process. Searches are answered by `cds_service.fixtures.search`, the same in-memory
+leaves the process. Searches are answered by `cds_service.tooling.fixtures.search`, the same in-memory
 search the full prefetch is built with.
 """
 
@@ -20,7 +20,7 @@ from urllib.parse import urlsplit
 import requests
 from requests.adapters import BaseAdapter
 
-from cds_service.fixtures import PLACEHOLDER_TOKEN, UnsupportedQuery, search
+from cds_service.tooling.fixtures import PLACEHOLDER_TOKEN, UnsupportedQuery, search
 
 # port 9 (discard): should the adapter not be mounted, the call is refused, never answered by a stranger
 FIXTURE_FHIR_BASE = "http://127.0.0.1:9/fixture-fhir"
