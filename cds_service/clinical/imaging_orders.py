@@ -41,9 +41,9 @@ class ImagingOrder:
 
     @property
     def study(self) -> str:
-        """Study id (cards/labels/imaging.yaml "studies"): e.g. mri-without-contrast, xr, ct."""
-        if self.modality == "mri":
-            return f"mri-{self.contrast}-contrast" if self.contrast else "mri"
+        """Study id (cards/labels/imaging.yaml "studies"): e.g. mri-without-contrast, ct, xr."""
+        if self.modality in ("mri", "ct") and self.contrast:
+            return f"{self.modality}-{self.contrast}-contrast"
         return self.modality
 
     def evidence(self) -> Evidence:
@@ -152,28 +152,30 @@ def order_back_pain_reason(order: dict[str, Any], knowledge: Knowledge, facts: P
     return None
 
 
-# ACR Appropriateness Criteria Low Back Pain (2021): the studies each variant rates "usually appropriate"
+# ACR Appropriateness Criteria Low Back Pain (revised 2021): the studies a variant rates "usually appropriate"
 # as initial imaging, in the order the service prefers when it suggests a replacement.
-#   suspected cancer / infection / immunosuppression (variant 4 in the 2021 numbering used here): MRI without
-#   and with IV contrast, or without; suspected fracture (trauma, osteoporosis, steroids, age): radiograph,
-#   MRI without contrast, or CT; severe or progressive neurological deficit, and the radicular surgical
-#   candidate (variant 3): MRI without contrast. See docs/clinical-logic.md for what was verified.
+#   variant 7, suspicion of cancer, infection or immunosuppression: MRI without and with IV contrast, MRI
+#   without IV contrast; variant 6, low-velocity trauma / osteoporosis / elderly / chronic steroid use:
+#   radiograph, MRI without IV contrast, CT without IV contrast; variant 3, surgery or intervention candidate
+#   (imaging step 5): MRI without IV contrast. A severe or progressive neurological deficit has no 2021
+#   variant of its own: MRI without contrast (clinical rules section 2). See docs/clinical-logic.md.
 ACCEPTABLE_STUDIES: dict[str, tuple[str, ...]] = {
     "neurological-deficit": ("mri-without-contrast",),
     "malignancy": ("mri-without-and-with-contrast", "mri-without-contrast"),
     "infection": ("mri-without-and-with-contrast", "mri-without-contrast"),
-    "fracture": ("xr", "mri-without-contrast", "ct"),
+    "fracture": ("xr", "mri-without-contrast", "ct-without-contrast"),
     "radicular": ("mri-without-contrast",),
 }
 CATEGORY_PRIORITY = ("neurological-deficit", "malignancy", "infection", "fracture", "radicular")
 
 
 def _accepts(study: str, order: ImagingOrder) -> bool:
-    """Does the ordered study count as *study*? An MRI whose contrast is not specified counts as either MRI
-    study (the protocol is the radiologist's choice); any CT counts as CT."""
-    if study.startswith("mri-"):
-        return order.modality == "mri" and (order.contrast is None or study == order.study)
-    return order.modality == study
+    """Does the ordered study count as *study*? A CT or MRI whose contrast is not specified counts as the
+    preferred protocol of its modality (the protocol is then the radiologist's choice)."""
+    modality = study.split("-", 1)[0]
+    if order.modality != modality:
+        return False
+    return study == modality or order.contrast is None or study == order.study
 
 
 def preferred_study(categories: list[str], order: ImagingOrder) -> str | None:

@@ -62,7 +62,7 @@ STUDY_CODES: dict[str, tuple[Code, Code]] = {
         Code(LOINC, "24972-2", "XR Lumbar spine Views"),
         Code(CPT, "72100", "Radiologic examination, spine, lumbosacral; 2 or 3 views"),
     ),
-    "ct": (
+    "ct-without-contrast": (
         Code(LOINC, "30620-9", "CT Lumbar spine WO contrast"),
         Code(CPT, "72131", "Computed tomography, lumbar spine; without contrast material"),
     ),

@@ -86,7 +86,8 @@ def test_every_red_flag_has_a_name(run, labels) -> None:
 
 
 def test_every_study_modality_and_preferred_category_has_words(labels) -> None:
-    studies = {"mri", "ct", "xr", "xr-sacroiliac-joints"} | {f"mri-{c}-contrast" for c, _ in CONTRASTS}
+    studies = {"mri", "ct", "xr", "xr-sacroiliac-joints"}
+    studies |= {f"{m}-{c}-contrast" for m in ("mri", "ct") for c, _ in CONTRASTS}
     studies |= {s for options in ACCEPTABLE_STUDIES.values() for s in options}
     assert studies <= set(labels["studies"]), studies - set(labels["studies"])
     assert {m for m, _ in MODALITIES} <= set(labels["modalities"])

@@ -59,7 +59,9 @@ OLD = patient(age_birth(72))
         # fracture risk (age 72): radiograph, MRI without contrast, or CT
         ([], OLD, order("72100"), None),
         ([], OLD, order("72131"), None),
-        ([], OLD, order("72133"), None),
+        ([], OLD, order("24963-1", LOINC), None),  # CT, contrast not specified
+        ([], OLD, order("72133"), "xr"),  # CT without and with contrast: not rated usually appropriate
+        ([], OLD, order("72132"), "xr"),
         ([], OLD, order("72148"), None),
         ([], OLD, order("72149"), "xr"),
         ([], OLD, order("72158"), "xr"),
