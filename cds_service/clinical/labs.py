@@ -151,11 +151,13 @@ def interpret_hla_b27(observation: dict[str, Any]) -> LabResult:
             state, value_text = NEGATIVE, coding.get("display") or "Negative"
         if state != NOT_DOCUMENTED:
             break
-    # free text: valueString, or the text of an uncoded valueCodeableConcept
-    free_text = observation.get("valueString")
-    if not isinstance(free_text, str) and isinstance(concept, dict):
-        free_text = concept.get("text")
-    if state == NOT_DOCUMENTED and isinstance(free_text, str):
+    # free text: valueString, the text of a valueCodeableConcept, or a local coding's display
+    texts = [observation.get("valueString")]
+    if isinstance(concept, dict):
+        texts += [concept.get("text")] + [c.get("display") for c in iter_codings(concept)]
+    for free_text in texts:
+        if state != NOT_DOCUMENTED or not isinstance(free_text, str):
+            continue
         text = " ".join(free_text.strip().lower().rstrip(".").split())
         if text in _POSITIVE_STRINGS:
             state, value_text = POSITIVE, free_text

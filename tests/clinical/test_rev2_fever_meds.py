@@ -194,3 +194,32 @@ def test_statement_with_a_medication_reference(facts_of) -> None:
     del ms["medicationCodeableConcept"]
     ms["medicationReference"] = {"reference": "Medication/m1"}
     assert facts_of(record(lbp(), ms, med)).conservative_care.met
+
+
+@pytest.mark.parametrize("unit", ["degrees C", "deg C", "°c", "Celsius", "C"])
+def test_free_text_celsius_units(facts_of, unit) -> None:
+    reading = temperature(38.4)
+    reading["valueQuantity"] = {"value": 38.4, "unit": unit}
+    assert fever(facts_of(record(lbp(), reading))).met
+
+
+def test_snomed_unit_code_with_a_readable_unit(facts_of) -> None:
+    reading = temperature(101.0)
+    reading["valueQuantity"] = {
+        "value": 101.0,
+        "unit": "degrees F",
+        "system": "http://snomed.info/sct",
+        "code": "258712004",
+    }
+    assert fever(facts_of(record(lbp(), reading))).met
+    odd = temperature(39.0)
+    odd["valueQuantity"] = {"value": 39.0, "unit": "degrees C", "code": "local-unit-7"}
+    assert fever(facts_of(record(lbp(), odd))).met
+
+
+@pytest.mark.parametrize("code", ["276885007", "307047009", "415974002", "431598003"])
+def test_snomed_temperature_observables(facts_of, code) -> None:
+    from .builders import SNOMED
+
+    reading = observation(code, SNOMED, effective=days_ago(2), quantity=(38.3, "Cel"))
+    assert fever(facts_of(record(lbp(), reading))).met

@@ -130,3 +130,11 @@ def test_saddle_anaesthesia_from_any_questionnaire_version(run, suffix) -> None:
 def test_other_questionnaires_are_not_read(run, canonical) -> None:
     qr = questionnaire_response({"saddle-anaesthesia": True}, questionnaire=canonical)
     assert "cauda-equina" not in topics(run("patient-view", record(lbp(5), qr)))
+
+
+def test_hla_b27_local_coding_display(facts_of) -> None:
+    obs = hla_b27()
+    obs["valueCodeableConcept"] = {"coding": [{"system": "urn:oid:1.2.3", "code": "P1", "display": "Positive"}]}
+    assert facts_of(record(obs)).hla_b27.state == labs.POSITIVE
+    obs["valueCodeableConcept"] = {"coding": [{"system": "urn:oid:1.2.3", "code": "X", "display": "Equivocal"}]}
+    assert facts_of(record(obs)).hla_b27.state == labs.NOT_DOCUMENTED

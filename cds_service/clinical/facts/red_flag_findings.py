@@ -21,9 +21,24 @@ _CELSIUS_RANGE = (25.0, 46.0)
 _FAHRENHEIT_RANGE = (77.0, 115.0)
 
 
+_UNIT_NOISE = ("°", "[", "]", "degrees", "degree", "deg", " ", ".")
+# SNOMED CT unit concepts some EHRs put in Quantity.code: 258710007 degrees Celsius, 258712004 degrees Fahrenheit
+_SNOMED_UNITS = {"258710007": "c", "258712004": "f"}
+
+
+def _unit_key(unit: str | None) -> str:
+    u = (unit or "").strip().lower()
+    if u in _SNOMED_UNITS:
+        return _SNOMED_UNITS[u]
+    for noise in _UNIT_NOISE:
+        u = u.replace(noise, "")
+    return u
+
+
 def to_celsius(value: float, unit: str | None) -> tuple[float | None, str | None]:
-    """(degrees Celsius, note) from Cel/°C/degC or [degF]/°F/degF; a missing unit is read from a plausible range."""
-    u = (unit or "").strip().lower().replace("°", "").replace("deg", "").replace("[", "").replace("]", "")
+    """(degrees Celsius, note) from Cel/°C/degC/"degrees C" or [degF]/°F/degF; a missing unit is read from a
+    plausible range (25-46 °C, 77-115 °F)."""
+    u = _unit_key(unit)
     if u in ("cel", "c", "celsius", "centigrade"):
         return round(value, 2), None
     if u in ("f", "fahrenheit"):
@@ -57,6 +72,10 @@ def fever(b: Builder) -> Finding:
             notes.append(f"{reference_of(obs)}: temperature without a value")
             continue
         celsius, unit_note = to_celsius(*q)
+        free_unit = (obs.get("valueQuantity") or {}).get("unit")
+        if celsius is None and isinstance(free_unit, str) and free_unit != q[1]:
+            q = (q[0], free_unit)  # an unknown Quantity.code: the human-readable unit may still say °C / °F
+            celsius, unit_note = to_celsius(*q)
         if celsius is None:
             notes.append(f"{reference_of(obs)}: unknown temperature unit {q[1]!r}")
             continue
