@@ -158,6 +158,7 @@ class HookEngine:
             encounter_id=context.get("encounterId"),
             user_id=context.get("userId"),
             missing=tuple(missing_keys),
+            temperatures_complete_since=resolved.temperatures_complete_since,
         )
         decisions = tuple(service.evaluate(EvaluationInput(hook=service.hook, record=record_, now=when)))
         cards = [rt.catalog.render(decision, record_) for decision in decisions]

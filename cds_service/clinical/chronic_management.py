@@ -74,27 +74,24 @@ def evaluate_chronic_management(
         return []
     if episode.duration_days < 7 * t.self_management_max_weeks:
         return []
-    if facts.age is None or facts.age < t.chronic_management_min_age_years:
+    # adults only; a partial birthDate whose age range may be under the threshold is not shown (spec section 1)
+    if facts.age_range is None or facts.age_range[0] < t.chronic_management_min_age_years:
         return []
     physio = recent_physiotherapy(record, facts, knowledge)
     red_flags, red_flag_params = red_flag_criterion("cm-no-red-flags", facts)
     criteria = (
-        criterion("cm-back-pain", "Active low back pain episode", Finding(State.MET, episode.conditions)),
+        criterion("cm-back-pain", Finding(State.MET, episode.conditions)),
         criterion(
             "cm-duration-12-weeks-or-more",
-            f"Back pain for {t.self_management_max_weeks} weeks or more",
             Finding(State.MET, duration_evidence(facts), episode.onset_note),
+            weeks=t.self_management_max_weeks,
         ),
         red_flags,
-        criterion(
-            "cm-nonspecific",
-            "Nonspecific low back pain (no sciatica, radiculopathy, stenosis or axSpA on record)",
-            Finding(State.MET),
-        ),
+        criterion("cm-nonspecific", Finding(State.MET)),
         criterion(
             "cm-physiotherapy-recent",
-            f"Physiotherapy recorded in the last {t.exercise_programme_lookback_months} months",
             Finding(State.MET, physio) if physio else Finding(State.NOT_DOCUMENTED),
+            months=t.exercise_programme_lookback_months,
         ),
     )
     suggestions: tuple[SuggestionSpec, ...] = ()

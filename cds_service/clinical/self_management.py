@@ -79,7 +79,7 @@ def red_flag_criterion(cid: str, facts: PatientFacts) -> tuple[Criterion, dict[s
         "red_flag_questions_answered_no": answered_no,
         "no_red_flags_confirmed": not not_asked,
     }
-    return Criterion(cid, "No red flags", state, evidence, note), params
+    return Criterion(cid, state, evidence, note), params
 
 
 def duration_evidence(facts: PatientFacts) -> tuple[Evidence, ...]:
@@ -109,18 +109,14 @@ def evaluate_self_management(facts: PatientFacts, knowledge: Knowledge, axspa_ca
         return []
     red_flags, red_flag_params = red_flag_criterion("sm-no-red-flags", facts)
     criteria = (
-        criterion("sm-back-pain", "Active low back pain episode", Finding(State.MET, episode.conditions)),
+        criterion("sm-back-pain", Finding(State.MET, episode.conditions)),
         criterion(
             "sm-duration-under-12-weeks",
-            f"Back pain for less than {max_weeks} weeks",
             Finding(State.MET, duration_evidence(facts), episode.onset_note),
+            weeks=max_weeks,
         ),
         red_flags,
-        criterion(
-            "sm-nonspecific",
-            "Nonspecific low back pain (no sciatica, radiculopathy, stenosis or axSpA on record)",
-            Finding(State.MET),
-        ),
+        criterion("sm-nonspecific", Finding(State.MET)),
     )
     params = {
         **base_params(facts, knowledge),

@@ -175,7 +175,6 @@ def test_family_history_row_names_the_relative_and_the_condition(catalogs) -> No
     base = decision(catalog, "axspa-referral")
     family = Criterion(
         "nice-family-history",
-        "A first-degree relative with spondyloarthritis",
         State.MET,
         (Evidence("FamilyMemberHistory/f1", "Psoriatic arthritis (SNOMED 33339001)", None, "relationship MTH"),),
     )
