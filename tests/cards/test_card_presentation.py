@@ -192,3 +192,13 @@ def test_cauda_equina_summary_does_not_repeat_itself(catalogs) -> None:
     both = [*ces, {"id": "saddle-anaesthesia", "category": "cauda-equina", "display": "Saddle anaesthesia"}]
     summary = catalog.render(decision(catalog, "cauda-equina", cauda_equina_features=both))["summary"]
     assert summary == "Possible cauda equina syndrome (saddle anaesthesia): emergency assessment and urgent MRI"
+
+
+def test_every_red_flag_question_and_first_degree_relative_has_words() -> None:
+    from cds_service.cards import load_labels
+    from cds_service.clinical.facts.history import FIRST_DEGREE
+    from cds_service.clinical.self_management import RED_FLAG_QUESTIONS
+
+    labels = load_labels(CARDS_DIR)
+    assert set(RED_FLAG_QUESTIONS) <= set(labels["red-flag-questions"])
+    assert set(FIRST_DEGREE) <= set(labels["relatives"])
