@@ -124,11 +124,14 @@ def _invoke(service_id: str, started: float) -> Response:
             topic=card["source"]["topic"]["code"],
             indicator=card["indicator"],
             suggestion_uuids=tuple(s["uuid"] for s in card.get("suggestions", [])),
+            order_reference=decision.order_reference,
+            encounter_id=record.encounter_id,
         )
-        for card in cards
+        for decision, card in zip(decisions, cards, strict=True)
     ]
     try:
-        rt.store.record_served(served, record.patient_id, now)
+        rt.store.record_served(served, record.patient_id, now, issuer=g.auth.issuer if g.auth else None,
+                               tenant=g.auth.tenant if g.auth else None)
     except StoreUnavailable:
         # Cards need no database: the clinician still gets them; only analytics lose this row.
         log.warning(
@@ -153,7 +156,9 @@ def feedback(service_id: str) -> Response:
     validate_feedback(body)
     g.log_fields.update(service=service.id, card_ids=[item["card"] for item in body["feedback"]])
     try:
-        stored = rt.store.record_feedback(service.id, body["feedback"], datetime.now(UTC))
+        stored = rt.store.record_feedback(service.id, body["feedback"], datetime.now(UTC),
+                                          issuer=g.auth.issuer if g.auth else None,
+                                          tenant=g.auth.tenant if g.auth else None)
     except StoreUnavailable:
         return json_response(
             {"error": "store-unavailable", "message": "feedback could not be stored; retry later"},

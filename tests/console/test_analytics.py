@@ -161,7 +161,8 @@ def test_json_endpoint_matches_the_report(make_app, seeded_url: str) -> None:
     body = client.get(f"/console/api/analytics?since={SINCE}&until={UNTIL}").get_json()
     assert body["period"] == {"since": SINCE, "until": UNTIL}
     assert body["totals"] == {"served": 5, "accepted": 2, "overridden": 2, "noAnswer": 1, "acceptanceRate": 0.4,
-                              "overrideRate": 0.4, "unknownCardFeedback": 1}
+                              "overrideRate": 0.4, "unknownCardFeedback": 1, "servedRows": 5,
+                              "silentWouldHaveShown": 0, "suppressed": 0}
     axspa = next(t for t in body["topics"] if t["topic"] == "axspa-referral")
     assert axspa["display"].startswith("Suspected axial spondyloarthritis")  # from the card files
     assert (axspa["served"], axspa["accepted"], axspa["acceptanceRate"]) == (4, 2, 0.5)
@@ -186,7 +187,7 @@ def test_csv_endpoint(make_app, seeded_url: str) -> None:
     assert f"card-feedback-{SINCE}-{UNTIL}.csv" in response.headers["Content-Disposition"]
     rows = list(csv.DictReader(io.StringIO(response.get_data(as_text=True))))
     assert [(r["service_id"], r["topic"], r["served"], r["accepted"], r["acceptance_rate"]) for r in rows] == [
-        (PV, "axspa-referral", "4", "2", "0.5000"), (OS, "imaging-not-indicated", "1", "0", "0.0000")]
+        (PV, "axspa-referral", "4", "2", "0.5"), (OS, "imaging-not-indicated", "1", "0", "0.0")]
     assert rows[0]["override_reasons"] == "Alternative-Diagnosis (1)"
 
 
@@ -202,7 +203,7 @@ def test_cli_report_prints_and_writes_csv(seeded_url: str, tmp_path: Path, capsy
     printed = capsys.readouterr().out
     assert f"cards served {SINCE} to {UNTIL}" in printed
     axspa_line = next(line for line in printed.splitlines() if "axspa-referral" in line and PV in line)
-    assert axspa_line.split()[2:] == ["4", "2", "1", "1", "50.0", "25.0"]
+    assert axspa_line.split()[2:] == ["4", "2", "1", "1", "50.0", "25.0", "0", "0", "4"]
     assert "Alternative-Diagnosis" in printed and "Hip osteoarthritis explains it" in printed
     assert "2026-03-09" in printed
     rows = list(csv.DictReader(out.open(encoding="utf-8")))
