@@ -31,9 +31,24 @@ def _serve(args: argparse.Namespace) -> int:
 
         create_app(settings).run(host=settings.host, port=settings.port, debug=False, threaded=True)
         return 0
+    _refuse_unmigrated(settings)
     from .server import run_gunicorn
 
     return run_gunicorn(settings)
+
+
+def _refuse_unmigrated(settings: Settings) -> None:
+    """Production without auto-migration: stop before forking workers when the schema is behind
+    (raises SchemaNotMigrated, a SettingsError naming `cds-service migrate`). Each worker checks too."""
+    if settings.environment != "production" or settings.effective_auto_migrate:
+        return
+    from .store import Store
+
+    store = Store(settings.effective_database_url, auto_migrate=False)
+    try:
+        store.require_migrated()
+    finally:
+        store.engine.dispose()
 
 
 def _migrate(args: argparse.Namespace) -> int:

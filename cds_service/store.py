@@ -32,6 +32,7 @@ from typing import Any
 from sqlalchemy import Engine, and_, create_engine, event, insert, select, text
 from sqlalchemy.exc import SQLAlchemyError
 
+from .errors import SettingsError
 from .tables import DISPOSITION_SHOWN, feedback, metadata, served_cards, suppressions
 
 __all__ = ["ServedCard", "Store", "StoreUnavailable", "SchemaNotMigrated", "feedback", "metadata", "served_cards"]
@@ -43,7 +44,7 @@ class StoreUnavailable(Exception):
     """The database cannot be reached; callers answer 503 rather than a false success."""
 
 
-class SchemaNotMigrated(RuntimeError):
+class SchemaNotMigrated(SettingsError):
     """Production start-up found a schema behind this release and auto-migration off."""
 
 
