@@ -197,6 +197,9 @@ TOOLS = {
                  "run every fixture patient through every hook and compare the cards with the manifest"),
     "sandbox": ("cds_service.tooling.sandbox", "start a sandbox FHIR server loaded with the fixtures"),
     "fixtures": ("cds_service.tooling.fixtures", "fixture tooling: regenerate the example CDS Hooks requests"),
+    "simulate": ("cds_service.tooling.simulate",
+                 "alert burden of the site configuration on a FHIR Bulk Data export (per-topic rates per 1 000 "
+                 "patients, card counts, chart)"),
 }
 
 
