@@ -202,12 +202,29 @@ def test_offline_sql_creates_every_table():
     assert "CREATE INDEX ix_jwt_replay_expires_at" in sql
 
 
-def test_the_replay_table_is_the_one_auth_defines():
-    """The migration imports jwt_replay from cds_service.auth instead of repeating its definition."""
+def test_the_replay_table_is_the_one_tables_defines():
+    """The migration imports jwt_replay from cds_service.tables (its one definition) instead of repeating it."""
     source = (migrations.MIGRATIONS_DIR / "versions" / "0001_initial.py").read_text(encoding="utf-8")
-    assert "from cds_service.auth import jwt_replay" in source
+    assert "from cds_service.tables import jwt_replay" in source
     assert '"jwt_replay"' not in source
     assert feedback.name in source
+
+
+def test_one_metadata_holds_every_table_and_only_migrations_create_them():
+    """Issue 11 item 3: one MetaData (cds_service.tables) that the migrations use; no create_all elsewhere."""
+    from pathlib import Path
+
+    from cds_service import tables
+
+    assert migrations.target_metadata() is tables.metadata
+    assert {"served_cards", "feedback", "jwt_replay", "analytics_daily", "analytics_reasons_daily",
+            "suppressions"} == set(tables.metadata.tables)
+    assert metadata is tables.metadata  # the store re-exports it, does not define its own
+    package = Path(migrations.__file__).resolve().parent.parent
+    creators = [str(p.relative_to(package)) for p in package.rglob("*.py")
+                if "migrations" not in p.parts and (".create_all(" in p.read_text(encoding="utf-8")
+                                                   or "MetaData()" in p.read_text(encoding="utf-8"))]
+    assert creators == ["tables.py"] or sorted(creators) == ["tables.py"], creators
 
 
 def test_a_branched_version_table_is_reported_not_guessed(tmp_path):
