@@ -27,6 +27,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
 
+from .render import _rate
+
 #: Longest period a report covers: keeps the weekly CASE expression (one branch per week) bounded.
 MAX_PERIOD_DAYS = 3 * 366
 MAX_COMMENTS = 200
@@ -244,19 +246,6 @@ class Report:
         from .render import report_csv
 
         return report_csv(self)
-
-
-def _rate(part: int, whole: int) -> float | None:
-    return None if whole == 0 else part / whole
-
-
-def _pct(rate: float | None) -> str:
-    return "—" if rate is None else f"{rate * 100:.1f}"
-
-
-def _one_line(text: str, limit: int = 160) -> str:
-    flat = " ".join(text.split())
-    return flat if len(flat) <= limit else flat[: limit - 1] + "…"
 
 
 def _iso(value: datetime) -> str:

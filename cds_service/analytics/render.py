@@ -18,8 +18,6 @@ import unicodedata
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from .model import _one_line, _pct, _rate
-
 if TYPE_CHECKING:
     from .model import Report
 
@@ -123,6 +121,19 @@ def report_csv(report: Report) -> str:
         ]
         writer.writerow([csv_safe(c) if isinstance(c, str) else c for c in cells])
     return buffer.getvalue()
+
+
+def _rate(part: int, whole: int) -> float | None:
+    return None if whole == 0 else part / whole
+
+
+def _pct(rate: float | None) -> str:
+    return "—" if rate is None else f"{rate * 100:.1f}"
+
+
+def _one_line(text: str, limit: int = 160) -> str:
+    flat = " ".join(text.split())
+    return flat if len(flat) <= limit else flat[: limit - 1] + "…"
 
 
 def _table(header: Sequence[str], rows: Sequence[Sequence[str]], numeric_from: int) -> list[str]:
