@@ -27,6 +27,11 @@ class Simulation:
     def patients_per_second_per_core(self) -> float:
         return self.patients_per_second / self.workers
 
+    @property
+    def patients_per_cpu_second(self) -> float:
+        """Patients per second of one fully available core: insensitive to other load on the machine."""
+        return self.tally.patients / self.tally.cpu_seconds if self.tally.cpu_seconds > 0 else 0.0
+
     def rows(self) -> list[dict[str, Any]]:
         """One row per hook and topic that fired (shown or silent)."""
         n = self.tally.patients
@@ -57,7 +62,9 @@ class Simulation:
             "errors": dict(sorted(t.errors.items())),
             "speed": {"seconds": round(self.seconds, 2), "workers": self.workers,
                       "patientsPerSecond": round(self.patients_per_second, 1),
-                      "patientsPerSecondPerCore": round(self.patients_per_second_per_core, 1)},
+                      "patientsPerSecondPerCore": round(self.patients_per_second_per_core, 1),
+                      "workerCpuSeconds": round(self.tally.cpu_seconds, 2),
+                      "patientsPerCpuSecond": round(self.patients_per_cpu_second, 1)},
         }
 
     def to_text(self) -> str:
@@ -74,7 +81,10 @@ class Simulation:
         if t.errors:
             lines += ["", "Calls that gave no answer: " + ", ".join(f"{k} {v}" for k, v in sorted(t.errors.items()))]
         lines += ["", f"Speed: {t.patients} patients in {self.seconds:.1f} s with {self.workers} worker(s): "
-                  f"{self.patients_per_second:.1f} patients/s, {self.patients_per_second_per_core:.1f} patients/s/core"]
+                  f"{self.patients_per_second:.1f} patients/s, "
+                  f"{self.patients_per_second_per_core:.1f} patients/s/core; "
+                  f"{self.tally.cpu_seconds:.1f} s of worker CPU: {self.patients_per_cpu_second:.1f} patients per "
+                  "CPU-second (a core to itself)"]
         return "\n".join(lines) + "\n"
 
     def to_svg(self) -> str:

@@ -12,6 +12,7 @@ patient identifier leaves it.
 from __future__ import annotations
 
 import os
+import resource
 import sys
 from collections import Counter
 from collections.abc import Sequence
@@ -41,6 +42,7 @@ class Tally:
     patients_with: Counter = field(default_factory=Counter)  # topic → patients with at least one card (any hook)
     cards_per_patient: Counter = field(default_factory=Counter)  # n cards shown (all hooks) → patients
     errors: Counter = field(default_factory=Counter)  # error code → calls
+    cpu_seconds: float = 0.0  # CPU time of the worker processes (user + system)
 
     def add(self, other: Tally) -> None:
         self.patients += other.patients
@@ -122,6 +124,7 @@ def run(patients: Sequence[list[dict[str, Any]]], day: date, *, workers: int | N
     chunks = [list(patients[i:i + CHUNK]) for i in range(0, len(patients), CHUNK)]
     total = Tally()
     bar = tqdm(total=len(patients), unit="patient", file=sys.stderr, disable=not progress, smoothing=0.1)
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     # fork: workers start in milliseconds and share the parent's imported modules (Linux)
     with ProcessPoolExecutor(workers, mp_context=get_context("fork"), initializer=_init_worker,
                              initargs=(settings,)) as pool:
@@ -136,4 +139,6 @@ def run(patients: Sequence[list[dict[str, Any]]], day: date, *, workers: int | N
                 if following is not None:
                     pending[pool.submit(_run_chunk, following, day)] = len(following)
     bar.close()
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)  # the workers have been joined: their CPU time counts
+    total.cpu_seconds = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
     return total
