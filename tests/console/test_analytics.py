@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 from datetime import UTC, date, datetime
 from pathlib import Path
 
@@ -326,3 +327,34 @@ def test_latest_answer_is_the_last_received_not_the_latest_claimed(database_url:
     [topic] = build_report(store.engine, Period.parse(SINCE, UNTIL)).topics
     store.engine.dispose()
     assert (topic.accepted, topic.overridden) == (1, 0)
+
+
+# --------------------------------------------------------------------------------------------
+# Alert burden (issue 17 item 2): shown, silent (would have shown), suppressed, per topic and period
+# --------------------------------------------------------------------------------------------
+
+
+def test_alert_burden_in_report_json_and_csv(database_url: str, capsys: pytest.CaptureFixture,
+                                             tmp_path: Path) -> None:
+    store = Store(database_url)
+    store.create_schema()
+    when = at("2026-03-10T08:00:00")
+    for i, disposition in enumerate(["shown", "shown", "silent", "silent", "silent", "suppressed"]):
+        store.record_served([ServedCard(f"d{i}", PV, "patient-view", f"hi-d{i}", "axspa-referral", "info",
+                                        (f"d{i}-s1",), disposition=disposition)], "p1", when)
+    answer(store, PV, "d0", "overridden", "2026-03-10T08:01:00", reason="patient-declines")
+    answer(store, PV, "d2", "accepted", "2026-03-10T08:01:00")  # a silent card cannot be answered for real
+    store.engine.dispose()
+    out = tmp_path / "burden.csv"
+    assert main(["--since", SINCE, "--until", UNTIL, "--database-url", database_url, "--csv", str(out)]) == 0
+    printed = capsys.readouterr().out
+    line = next(row for row in printed.splitlines() if row.strip().startswith(PV))
+    # served accepted overridden no-answer accepted% overridden% silent suppressed rows
+    assert line.split()[2:] == ["2", "0", "1", "1", "0.0", "50.0", "3", "1", "2"]
+    burden = printed.split("Alert burden by topic and week")[1]
+    assert burden.split("\n")[3].split() == ["axspa-referral", "2026-03-09", "2", "3", "1", "0", "1"]
+    [row] = list(csv.DictReader(out.open(encoding="utf-8")))
+    assert (row["served"], row["silent_would_have_shown"], row["suppressed"]) == ("2", "3", "1")
+    assert main(["--since", SINCE, "--until", UNTIL, "--database-url", database_url, "--json"]) == 0
+    topic = json.loads(capsys.readouterr().out)["topics"][0]
+    assert (topic["served"], topic["silentWouldHaveShown"], topic["suppressed"], topic["overridden"]) == (2, 3, 1, 1)
