@@ -49,13 +49,12 @@ class Runtime:
             store = Store(
                 settings.effective_database_url, settings.patient_hash_key, auto_migrate=settings.effective_auto_migrate
             )
-            replay_cache = SqlReplayCache(store.engine)
+            replay_cache = SqlReplayCache(store.engine, ensure_schema=store.ensure_schema)
             # A database that is down at start-up must not stop hooks from being answered:
             # the store retries schema creation on first use and /readyz reports not-ready meanwhile.
             if settings.environment == "production" and not settings.effective_auto_migrate:
                 store.require_migrated()  # refuse to start on a schema `cds-service migrate` has not brought up
-            if store.create_schema():
-                replay_cache.create_table(store.engine)
+            store.create_schema()  # jwt_replay is part of the schema (cds_service.tables)
             authenticator = Authenticator(settings, replay_cache)
         catalog = CardCatalog.load(settings.cards_dir)
         reasons = {topic: [r["code"] for r in card.override_reasons] for topic, card in catalog.cards.items()}

@@ -146,9 +146,12 @@ class Store:
         self._schema_ready = ready
         return ready
 
-    def _ensure_schema(self) -> None:
+    def ensure_schema(self) -> None:
+        """Raise StoreUnavailable unless the schema is usable (migrating it only when auto_migrate is on)."""
         if not self._schema_ready and not self.create_schema(wait=0):
             raise StoreUnavailable(f"database schema {self.schema_status}")
+
+    _ensure_schema = ensure_schema
 
     def patient_hash(self, patient_id: str) -> str | None:
         if not self._hash_key:
