@@ -151,7 +151,6 @@ class Store:
         if not self._schema_ready and not self.create_schema(wait=0):
             raise StoreUnavailable(f"database schema {self.schema_status}")
 
-    _ensure_schema = ensure_schema
 
     def patient_hash(self, patient_id: str) -> str | None:
         if not self._hash_key:
@@ -199,7 +198,7 @@ class Store:
         ]
         if not rows:
             return
-        self._ensure_schema()
+        self.ensure_schema()
         try:
             with self.engine.begin() as conn:
                 conn.execute(insert(served_cards), rows)
@@ -212,7 +211,7 @@ class Store:
         """Store every item; unknown cards and cards served to another client are kept and flagged,
         never rejected. ``suppression_days`` maps (topic, override reason code) to the days the topic
         is then withheld for the card's patient (needs the patient hash key)."""
-        self._ensure_schema()
+        self.ensure_schema()
         try:
             with self.engine.begin() as conn:
                 uuids = [item["card"] for item in items]
@@ -274,7 +273,7 @@ class Store:
         wanted = sorted(set(topics))
         if patient_hash is None or not wanted:
             return set()
-        self._ensure_schema()
+        self.ensure_schema()
         try:
             with self.engine.connect() as conn:
                 return set(conn.execute(
