@@ -44,8 +44,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         # do not create an empty database just to report on it
         report = Report(period, args.service, [], period.week_buckets(), {}, [], 0, database_ready=False)
         return _print(report, args)
-    store = Store(url)
+    from .. import migrations
+
+    store = Store(url, auto_migrate=False)
     try:
+        state = migrations.schema_state(store.engine)
+        if state.status == "behind":
+            print(f"cds-service report: the database schema is at {state.current}, this release reads "
+                  f"{state.head}: run `cds-service migrate`", file=sys.stderr)
+            return 1
         report = build_report(store.engine, period, args.service, topic_displays(settings.cards_dir))
     except SQLAlchemyError as exc:
         print(f"cds-service report: database unavailable ({type(exc).__name__})", file=sys.stderr)
