@@ -555,7 +555,7 @@ def test_jwks_fetch_timeout(
         return Response("{}", content_type="application/json")
 
     httpserver.expect_request("/slow.json").respond_with_handler(slow)
-    monkeypatch.setattr(auth, "JWKS_READ_TIMEOUT_SECONDS", 0.2)
+    monkeypatch.setattr(auth.jwks, "JWKS_READ_TIMEOUT_SECONDS", 0.2)
     authenticator = make_auth([{"iss": ISS, "jwks_url": httpserver.url_for("/slow.json")}])
     started = time.monotonic()
     fails(authenticator, keys["ES384"].sign(claims_for()), "jwks")
