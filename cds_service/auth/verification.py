@@ -213,7 +213,10 @@ class Authenticator:
         if not isinstance(audiences, list) or not all(isinstance(item, str) for item in audiences):
             raise fail("claims", "claim aud must be a string or an array of strings", iss)
         if expected is None or expected not in {normalise_url(item) for item in audiences}:
-            raise fail("aud", "aud does not match the URL called", iss)
+            # The expected audience is public (the URL the client called, or CDS_PUBLIC_BASE_URL + path):
+            # naming it turns "localhost vs 127.0.0.1" from an afternoon's search into one log line.
+            shown = expected[:300] if expected else "(the called URL is not an absolute http(s) URL)"
+            raise fail("aud", f"aud does not match the URL called; expected {shown}", iss)
 
         exp, iat = float(claims["exp"]), float(claims["iat"])
         if now >= exp + self._skew:

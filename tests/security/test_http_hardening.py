@@ -180,6 +180,9 @@ def test_production_401_and_errors_are_hardened(
 # ------------------------------------------------------------------------------- on the wire (gunicorn)
 
 
+OPS = "ops-token-live-3b9d"
+
+
 def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -190,7 +193,7 @@ def _free_port() -> int:
 def live_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
     """`cds-service serve` (gunicorn, one worker) as in production, authentication off."""
     port = _free_port()
-    env = {**os.environ, "CDS_ENV": "production", "CDS_AUTH_MODE": "off", "CDS_WORKERS": "1",
+    env = {**os.environ, "CDS_ENV": "production", "CDS_AUTH_MODE": "off", "CDS_WORKERS": "1", "CDS_OPS_TOKEN": OPS,
            "CDS_DATA_DIR": str(tmp_path_factory.mktemp("live")), "CDS_MAX_REQUEST_BYTES": "65536"}
     cli = Path(sys.executable).parent / "cds-service"
     process = subprocess.Popen([str(cli), "serve", "--port", str(port)], env=env, stdout=subprocess.DEVNULL,
@@ -248,14 +251,17 @@ RAW_REQUESTS = {
                                b"Content-Length: -1\r\n\r\n",
     "null-byte-path": b"GET /cds-services\x00 HTTP/1.1\r\nHost: x\r\n\r\n",
     "absolute-uri": b"GET http://evil.example/cds-services HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
-    "metrics": b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    "metrics": b"GET /metrics HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " + OPS.encode()
+               + b"\r\nConnection: close\r\n\r\n",
+    "metrics-without-token": b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
 }
 
 
 @pytest.mark.parametrize("name", list(RAW_REQUESTS))
 def test_raw_http_answers_reveal_no_software_or_trace(live_server: int, name: str) -> None:
     answer = _raw(live_server, RAW_REQUESTS[name])
-    app_answers = ("ok", "404", "absolute-uri", "chunked-over-limit", "metrics", "bad-chunked")
+    app_answers = ("ok", "404", "absolute-uri", "chunked-over-limit", "metrics", "bad-chunked",
+                   "metrics-without-token")
     if not answer:
         assert name not in app_answers, "no answer"
         return  # the server closed the connection: nothing revealed
@@ -270,6 +276,8 @@ def test_raw_http_answers_reveal_no_software_or_trace(live_server: int, name: st
         assert status == 400 and b'"malformed-body"' in body, answer[:300]
     if name in ("ok", "metrics"):
         assert status == 200, status_line
+    if name == "metrics-without-token":
+        assert status == 401 and b'"unauthorized"' in body, answer[:300]
     if name in app_answers:  # answered by the app: its headers are on
         headers = head.decode("latin-1").lower()
         assert "x-content-type-options: nosniff" in headers
