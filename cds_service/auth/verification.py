@@ -88,6 +88,10 @@ class Authenticator:
 
     # -- public --------------------------------------------------------------------------------------
 
+    def close(self) -> None:
+        """Release the background JWKS fetch threads (Runtime.close)."""
+        self._keys.close()
+
     def authenticate(
         self, authorization_header: str | None, called_url: str, now: float | None = None
     ) -> AuthContext:
@@ -163,7 +167,7 @@ class Authenticator:
         issuer = self.issuers[iss]
 
         sources = self._key_sources(issuer, jose_header.get("jku"))
-        key = self._keys.find_key(iss, sources, kid, alg, now)
+        key, key_source = self._keys.find_key(iss, sources, kid, alg, now)
 
         try:
             claims = jwt.decode(
@@ -189,6 +193,7 @@ class Authenticator:
         except PyJWTError:
             raise fail("malformed", "bearer token is not a compact JWS", iss) from None
 
+        self._keys.confirm(iss, key_source)  # this key set verified a signature: keep it over pending sets
         return self._check_claims(issuer, claims, called_url, now)
 
     def _check_claims(
