@@ -153,11 +153,15 @@ class _Server(BaseApplication):
 
 def _freeze_startup_objects(_worker: Any) -> None:
     """Move the ~120 000 start-up objects (models, schemas, value sets, templates) out of the garbage
-    collector's view: a full collection over them costs ~45 ms and would land on one unlucky request."""
+    collector's view: a full collection over them costs ~45 ms and would land on one unlucky request.
+    Then set the collector's thresholds for large request bodies (collector.py; it is never paused)."""
     import gc
+
+    from .collector import tune_collector
 
     gc.collect()
     gc.freeze()
+    tune_collector()
 
 
 def _child_exit(_server: Any, worker: Any) -> None:
