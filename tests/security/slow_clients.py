@@ -13,7 +13,6 @@ signed hook call in turn, each on a fresh connection, and records how long each 
 from __future__ import annotations
 
 import os
-import selectors
 import signal
 import socket
 import statistics
