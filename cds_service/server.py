@@ -1,6 +1,6 @@
 """Production server: gunicorn's asyncio worker in front of the Flask app, tuned for a synchronous EHR caller.
 
-Serving model (issue 15, slow clients; docs/deployment.md "Serving model"): gunicorn's ``asgi``
+Serving model (issue 15, slow clients; docs/security.md "Serving model"): gunicorn's ``asgi``
 worker reads every request in its event loop, under a header deadline and a body time budget, and
 hands only complete requests to a pool of ``CDS_THREADS`` threads that run the Flask app
 (:mod:`cds_service.asgi_bridge`). Measured with 200 clients trickling one byte per second: ``gthread``
