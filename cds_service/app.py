@@ -77,8 +77,10 @@ def create_app(settings: Settings | None = None) -> Flask:
         g.auth = None
         if request.method == "OPTIONS":
             return _preflight(settings)
-        rule = request.url_rule.rule if request.url_rule else request.path
-        if any(path == OPS_PATHS[0] or path.startswith(OPS_PATHS[1]) for path in (rule, request.path)):
+        # The matched route decides (other spellings are redirected or 404 by routing; an endpoint that
+        # is not registered, e.g. the console when it is off, stays a 404).
+        rule = request.url_rule.rule if request.url_rule else ""
+        if rule == OPS_PATHS[0] or rule.startswith(OPS_PATHS[1]):
             refused = _ops_refusal(settings)
             if refused is not None:
                 return refused

@@ -40,6 +40,7 @@ _SERVER_ERRORS = {
     431: ("request-header-fields-too-large",
           f"a header line exceeds {HEADER_FIELD_LIMIT} bytes, or there are more than 100 header fields"),
     501: ("not-implemented", "unsupported transfer coding"),
+    500: ("internal-error", "unexpected error"),
 }
 
 
@@ -82,7 +83,8 @@ class _Protocol(asgi_protocol.ASGIProtocol):
     def _send_error_response(self, status: int, message: str, extra_headers: Any = ()) -> None:
         from .app import API_CSP, SECURITY_HEADERS
 
-        error, text = _SERVER_ERRORS.get(status, ("bad-request", "malformed HTTP request"))
+        error, text = _SERVER_ERRORS.get(status, ("bad-request" if status < 500 else "internal-error",
+                                                   HTTPStatus(status).phrase))
         body = orjson.dumps({"error": error, "message": text})
         headers = {**SECURITY_HEADERS, "Content-Security-Policy": API_CSP, "Cache-Control": "no-store",
                    **dict(extra_headers)}
@@ -148,6 +150,7 @@ class _Server(BaseApplication):
             threads=self.settings.threads,
             max_body_bytes=self.settings.max_request_bytes,
             headers={**SECURITY_HEADERS, "Content-Security-Policy": API_CSP},
+            on_shutdown=app.extensions["cds"].close,  # Runtime.close at the worker's lifespan shutdown
         )
 
 

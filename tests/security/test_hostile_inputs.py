@@ -641,13 +641,19 @@ def _lab_order(index: int, patient_id: str) -> dict[str, Any]:
 
 @pytest.mark.parametrize("hook", ["order-select", "order-sign"])
 def test_thousands_of_draft_orders(big_client: FlaskClient, hook: str) -> None:
+    """Up to the cap (200 draft orders, issue 15 item 10) other orders change nothing; 3 000 are a 413."""
     client = big_client
     path_ = f"/cds-services/{SERVICE_IDS[hook]}"
     body = request_for(hook)
     baseline = topics(post(client, path_, body))
     patient_id = body["context"]["patientId"]
-    body["context"]["draftOrders"]["entry"] += [{"resource": _lab_order(i, patient_id)} for i in range(3000)]
+    entries = body["context"]["draftOrders"]["entry"]
+    room = 200 - len(entries)
+    body["context"]["draftOrders"]["entry"] = entries + [{"resource": _lab_order(i, patient_id)} for i in range(room)]
     assert topics(post(client, path_, body)) == baseline  # the lab orders change nothing
+    body["context"]["draftOrders"]["entry"] = entries + [{"resource": _lab_order(i, patient_id)} for i in range(3000)]
+    answer = assert_clean(post(client, path_, body), 413)
+    assert answer is not None and answer["field"] == "$.context.draftOrders.entry" and "200" in answer["message"]
 
 
 def test_many_imaging_orders_get_one_card_each(client: FlaskClient) -> None:
