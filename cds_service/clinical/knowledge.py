@@ -420,12 +420,12 @@ def _apply_site_config(path: Path, valuesets: dict[str, ValueSet], thresholds: T
         return thresholds
     if not isinstance(config, dict):
         raise KnowledgeError(f"{source}: expected a mapping with 'valuesets' and/or 'thresholds'")
-    # card_detail (compact | full) is a presentation setting of the same file, read by cds_service/cards.py.
-    unknown = sorted(set(config) - {"valuesets", "thresholds", "card_detail"})
+    # rollout and suppression are go-live governance, read by cds_service.rollout; card_detail (compact | full)
+    # is a presentation setting read by cds_service/cards.py: neither is clinical knowledge
+    unknown = sorted(set(config) - {"valuesets", "thresholds", "rollout", "suppression", "card_detail"})
     if unknown:
-        raise KnowledgeError(
-            f"{source}: unknown top-level key(s) {unknown}; allowed: valuesets, thresholds, card_detail"
-        )
+        raise KnowledgeError(f"{source}: unknown top-level key(s) {unknown}; allowed: valuesets, thresholds, "
+                             "rollout, suppression, card_detail")
     sets = config.get("valuesets") or {}
     if not isinstance(sets, dict):
         raise KnowledgeError(f"{source}: valuesets: expected a mapping of value set id to a list of codes")
