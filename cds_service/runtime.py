@@ -77,5 +77,7 @@ class Runtime:
     def close(self) -> None:
         """Release pooled connections (FHIR keep-alive sessions, database pool)."""
         self.fhir.close()
+        if self.authenticator is not None:
+            self.authenticator.close()  # background JWKS fetch threads
         if self.store is not None:
             self.store.engine.dispose()
