@@ -10,11 +10,13 @@ import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from cds_service import tables
+
 log = logging.getLogger("cds_service.auth")
 
 MAX_TOKEN_CHARS = 16 * 1024
-MAX_JTI_CHARS = 255
-MAX_ISS_CHARS = 255
+MAX_JTI_CHARS = tables.MAX_JTI_CHARS
+MAX_ISS_CHARS = tables.MAX_ISS_CHARS
 
 #: Every value AuthError.check can take, with its meaning (also documented in docs/security.md).
 CHECKS: Mapping[str, str] = {

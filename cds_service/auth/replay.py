@@ -12,11 +12,13 @@ import time
 from collections.abc import Callable
 from typing import Any, Protocol
 
-from sqlalchemy import BigInteger, Column, Index, MetaData, String, Table, delete, insert
+from sqlalchemy import delete, insert
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
 
-from .model import MAX_ISS_CHARS, MAX_JTI_CHARS, log
+from cds_service import tables
+
+from .model import log
 
 
 class ReplayCache(Protocol):
@@ -27,18 +29,8 @@ class ReplayCache(Protocol):
         ...
 
 
-
-_replay_metadata = MetaData()
-
-#: The replay table. Exposed so the store/migrations can create it alongside the other tables.
-jwt_replay = Table(
-    "jwt_replay",
-    _replay_metadata,
-    Column("issuer", String(MAX_ISS_CHARS), primary_key=True),
-    Column("jti", String(MAX_JTI_CHARS), primary_key=True),
-    Column("expires_at", BigInteger, nullable=False),
-    Index("ix_jwt_replay_expires_at", "expires_at"),
-)
+#: The replay table, defined with every other table in cds_service.tables and created by the migrations.
+jwt_replay = tables.jwt_replay
 
 
 class SqlReplayCache:
@@ -56,8 +48,12 @@ class SqlReplayCache:
         *,
         clock: Callable[[], float] = time.time,
         purge_interval: float = 60.0,
+        ensure_schema: Callable[[], Any] | None = None,
     ):
         self._engine = engine
+        # the service passes its store's schema check (which honours CDS_AUTO_MIGRATE); alone, the
+        # cache brings the schema up through the migrations on first use
+        self._ensure_schema = ensure_schema or (lambda: self.create_table(engine))
         self._clock = clock
         self._purge_interval = purge_interval
         self._last_purge: float | None = None
@@ -66,13 +62,16 @@ class SqlReplayCache:
 
     @staticmethod
     def create_table(engine: Engine) -> None:
-        """Create ``jwt_replay`` if missing (idempotent)."""
-        _replay_metadata.create_all(engine, tables=[jwt_replay], checkfirst=True)
+        """Bring the schema, ``jwt_replay`` with it, to the latest revision through the migrations
+        (idempotent, locked): no table is created outside cds_service.migrations."""
+        from cds_service import migrations
+
+        migrations.upgrade(engine)
 
     def remember(self, issuer: str, jti: str, expires_at: float) -> bool:
         if not self._table_ready:
-            # The database may have been down at start-up: make sure the table exists on first use.
-            self.create_table(self._engine)
+            # The database may have been down at start-up: make sure the schema is there on first use.
+            self._ensure_schema()
             self._table_ready = True
         now = self._clock()
         self._maybe_purge(now)
