@@ -1,0 +1,330 @@
+"""The /smart/ routes: launch -> EHR authorize -> callback -> form -> save (docs/smart-app.md).
+
+State lives in two encrypted cookies (sealed.py): `smart_auth` between launch and callback (state,
+PKCE verifier, iss, endpoints; 10 minutes) and `smart_s_<id>` for the form (iss, patient, user,
+access token, expiry). The service stores no answers: they go from the form to the EHR's FHIR
+server in one request and are dropped. `iss` is checked against the FHIR allowlist before any
+request is made to it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import secrets
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import requests
+from flask import Blueprint, Flask, Response, current_app, redirect, render_template, request
+
+from cds_service.settings import Settings
+from cds_service.urls import url_allowed
+
+from . import oauth
+from .form import (
+    FormError,
+    build_form,
+    build_response,
+    load_questionnaire,
+    new_information,
+    parse_answers,
+    submitted_values,
+)
+from .prefill import prefill, read_record
+from .sealed import Sealer
+
+log = logging.getLogger("cds_service.smart")
+
+bp = Blueprint("smart", __name__, url_prefix="/smart", template_folder="templates", static_folder="static")
+
+SMART_CSP = (
+    "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; connect-src 'self'; "
+    "form-action 'self'; base-uri 'none'; frame-ancestors 'none'"
+)
+AUTH_COOKIE = "smart_auth"
+SESSION_COOKIE = "smart_s_"
+AUTH_SECONDS = 600
+SESSION_SECONDS = 8 * 3600  # the access token's own expiry usually ends it sooner
+DEFAULT_CLIENT_ID = "lbp-assessment"
+EXPIRED = (
+    "The EHR no longer accepts this launch's access (the token expired or was revoked), so nothing was saved. "
+    "Launch the app again from the EHR; your answers are kept below."
+)
+
+
+@dataclass(frozen=True)
+class SmartApp:
+    settings: Settings
+    client_id: str
+    sealer: Sealer
+    questionnaire: dict[str, Any]
+    allowlist: tuple[str, ...]
+
+    def client(self) -> oauth.ClientConfig:
+        base = (self.settings.public_base_url or request.host_url).rstrip("/")
+        return oauth.ClientConfig(self.client_id, f"{base}/smart/callback", self.settings.fhir_timeout_seconds)
+
+
+def init_app(app: Flask, settings: Settings, environ: dict[str, str] | None = None) -> None:
+    """Register /smart/ when the app can run: a shared secret (CDS_SMART_SECRET_KEY), or development,
+    where a per-process secret is made (one process only)."""
+    env = os.environ if environ is None else environ
+    secret = env.get("CDS_SMART_SECRET_KEY")
+    if not secret:
+        if settings.environment != "development":
+            log.info("SMART app off: CDS_SMART_SECRET_KEY is not set")
+            return
+        secret = secrets.token_urlsafe(32)
+    rt = app.extensions["cds"]
+    issuer_lists = [i.fhir_allowlist or () for i in rt.authenticator.issuers.values()]
+    allowlist = tuple(dict.fromkeys([*settings.fhir_allowlist, *(p for lst in issuer_lists for p in lst)]))
+    app.extensions["cds_smart"] = SmartApp(
+        settings=settings,
+        client_id=env.get("CDS_SMART_CLIENT_ID") or DEFAULT_CLIENT_ID,
+        sealer=Sealer(secret),
+        questionnaire=load_questionnaire(),
+        allowlist=allowlist,
+    )
+    app.register_blueprint(bp)
+
+
+def _smart() -> SmartApp:
+    return current_app.extensions["cds_smart"]
+
+
+@bp.after_request
+def smart_headers(response: Response) -> Response:
+    response.headers["Content-Security-Policy"] = SMART_CSP
+    response.headers["Cache-Control"] = "no-store"
+    response.headers.setdefault("X-Robots-Tag", "noindex, nofollow")
+    return response
+
+
+def _message(title: str, text: str, status: int) -> Response:
+    return Response(render_template("smart/message.html", title=title, text=text), status, mimetype="text/html")
+
+
+def _set_cookie(response: Response, name: str, value: str, max_age: int, path: str) -> None:
+    response.set_cookie(
+        name, value, max_age=max_age, path=path, httponly=True, samesite="Lax", secure=request.is_secure
+    )
+
+
+# ------------------------------------------------------------------------------------------ launch
+
+
+@bp.get("/launch")
+def launch() -> Response:
+    """EHR launch (iss + launch) or standalone launch (iss only)."""
+    app = _smart()
+    iss = (request.args.get("iss") or "").strip().rstrip("/")
+    launch_id = request.args.get("launch") or None
+    if not iss:
+        return _message("No EHR given", "Open this app from your EHR (the launch needs the iss parameter).", 400)
+    if not url_allowed(iss, app.allowlist):
+        log.warning("smart launch refused: iss not allowlisted", extra={"check": "iss"})
+        return _message("EHR not allowed", "This FHIR server is not one this service is configured to work with.", 403)
+    try:
+        config = oauth.discover(iss, app.settings.fhir_timeout_seconds)
+    except oauth.LaunchError as exc:
+        return _message("Cannot reach the EHR", exc.message, exc.status)
+    state, verifier = oauth.state_token(), oauth.new_verifier()
+    client = app.client()
+    target = oauth.authorization_url(client, config, iss, launch_id, state, verifier)
+    sealed = app.sealer.seal(
+        {
+            "state": state,
+            "verifier": verifier,
+            "iss": iss,
+            "token_endpoint": config["token_endpoint"],
+            "jwks_uri": config.get("jwks_uri"),
+        }
+    )
+    response = redirect(target, 302)
+    _set_cookie(response, AUTH_COOKIE, sealed, AUTH_SECONDS, "/smart/callback")
+    return response
+
+
+@bp.get("/callback")
+def callback() -> Response:
+    app = _smart()
+    pending = app.sealer.unseal(request.cookies.get(AUTH_COOKIE), AUTH_SECONDS)
+    if pending is None:
+        return _message("Launch expired", "This sign-in took too long or was not started here. Launch again.", 400)
+    if request.args.get("error"):
+        return _message("Not authorized", f"The EHR did not authorize the app ({request.args['error'][:60]}).", 403)
+    client = app.client()
+    config = {"token_endpoint": pending["token_endpoint"], "jwks_uri": pending.get("jwks_uri")}
+    try:
+        token = oauth.exchange_code(client, config, request.url, pending["state"], pending["verifier"])
+    except oauth.LaunchError as exc:
+        return _message("Launch failed", exc.message, exc.status)
+    patient = token.get("patient")
+    if not isinstance(patient, str) or not patient:
+        return _message("No patient", "The EHR did not say which patient this launch is for.", 400)
+    asked: list[str] = []
+    if isinstance(token.get("appContext"), str):
+        try:
+            context = json.loads(token["appContext"])
+            asked = [str(x) for x in context.get("linkIds", [])][:50] if isinstance(context, dict) else []
+        except ValueError:
+            asked = []
+    expires_in = token.get("expires_in")
+    session_id = secrets.token_urlsafe(12)
+    data = {
+        "iss": pending["iss"],
+        "patient": patient,
+        "user": oauth.fhir_user(token, config, client.client_id, client.timeout),
+        "token": token["access_token"],
+        "exp": time.time() + float(expires_in) if isinstance(expires_in, int | float) else None,
+        "asked": asked,
+    }
+    response = redirect(f"/smart/app?s={session_id}", 303)
+    _set_cookie(response, SESSION_COOKIE + session_id, app.sealer.seal(data), SESSION_SECONDS, "/smart")
+    response.delete_cookie(AUTH_COOKIE, path="/smart/callback")
+    return response
+
+
+# ------------------------------------------------------------------------------------------ the form
+
+
+def _session() -> tuple[str, dict[str, Any] | None]:
+    session_id = (request.values.get("s") or "")[:32]
+    cookie = request.cookies.get(SESSION_COOKIE + session_id) if session_id else None
+    return session_id, _smart().sealer.unseal(cookie, SESSION_SECONDS)
+
+
+def _relative_user(user: str | None, iss: str) -> str | None:
+    if user and user.startswith(iss + "/"):
+        return user[len(iss) + 1 :]
+    return user
+
+
+def _render_form(
+    session_id: str,
+    data: dict[str, Any],
+    submitted: dict[str, list[str]] | None,
+    error: str | None,
+    status: int = 200,
+    read_note: str | None = None,
+    prefilled: dict | None = None,
+) -> Response:
+    app = _smart()
+    asked, rest = build_form(app.questionnaire, submitted, prefilled or {}, data.get("asked") or [])
+    html = render_template(
+        "smart/form.html",
+        title=app.questionnaire.get("title") or "Assessment",
+        asked=asked,
+        rest=rest,
+        session_id=session_id,
+        csrf=app.sealer.csrf_token(session_id),
+        error=error,
+        read_note=read_note,
+        version=app.questionnaire.get("version"),
+    )
+    return Response(html, status, mimetype="text/html")
+
+
+@bp.get("/app")
+def form_page() -> Response:
+    session_id, data = _session()
+    if data is None:
+        return _message("Session ended", "This launch has ended. Launch the app again from the EHR.", 401)
+    app = _smart()
+    rt = current_app.extensions["cds"]
+    record, failed = read_record(
+        rt.fhir,
+        data["iss"],
+        data["token"],
+        data["patient"],
+        rt.knowledge,
+        app.allowlist,
+        app.settings.deadline_seconds,
+    )
+    read_note = None
+    if failed:
+        read_note = "Part of the record could not be read, so fewer answers are pre-filled: " + ", ".join(
+            f"{r.key} ({r.reason})" for r in failed
+        )
+    prefilled = prefill(record, rt.knowledge, datetime.now(UTC))
+    return _render_form(session_id, data, None, None, read_note=read_note, prefilled=prefilled)
+
+
+def _save_failure(response: requests.Response | None) -> tuple[str, int]:
+    if response is None:
+        return "The EHR's FHIR server did not answer, so nothing was saved. Try again.", 502
+    if response.status_code == 401:
+        return EXPIRED, 401
+    if response.status_code == 403:
+        return "The EHR refused to store the assessment (HTTP 403: not permitted), so nothing was saved.", 403
+    if response.status_code >= 500:
+        return f"The EHR's FHIR server failed (HTTP {response.status_code}), so nothing was saved. Try again.", 502
+    return f"The EHR rejected the assessment (HTTP {response.status_code}), so nothing was saved.", 502
+
+
+@bp.post("/save")
+def save() -> Response:
+    app = _smart()
+    session_id, data = _session()
+    origin = request.headers.get("Origin")
+    if (
+        origin
+        and origin.rstrip("/") != request.host_url.rstrip("/")
+        and not (app.settings.public_base_url and origin.rstrip("/") == app.settings.public_base_url.rstrip("/"))
+    ):
+        return _message("Refused", "This form was sent from another site.", 403)
+    if data is None:
+        return _message("Session ended", "This launch has ended. Launch the app again from the EHR.", 401)
+    if not app.sealer.check_csrf(session_id, request.form.get("csrf")):
+        return _message("Refused", "The form's security token is missing or wrong. Reload the app.", 403)
+    submitted = submitted_values(request.form, app.questionnaire)
+    fresh, prefilled = new_information(request.form, submitted)
+
+    def again(message: str, status: int) -> Response:  # the page again, every answer kept
+        return _render_form(session_id, data, submitted, message, status, prefilled=prefilled)
+
+    try:
+        answers = parse_answers(app.questionnaire, fresh)
+    except FormError as exc:
+        return again(str(exc), 422)
+    if not answers:
+        return again(
+            "Nothing new to save: answer a question (answers the record already shows are not saved again).", 422
+        )
+    if data.get("exp") is not None and data["exp"] < time.time():
+        return again(EXPIRED, 401)
+    if not url_allowed(data["iss"], app.allowlist):  # the allowlist may have changed since the launch
+        return again("This FHIR server is no longer allowed.", 403)
+    resource = build_response(
+        app.questionnaire, answers, data["patient"], datetime.now(UTC), _relative_user(data.get("user"), data["iss"])
+    )
+    try:
+        upstream: requests.Response | None = requests.post(
+            f"{data['iss']}/QuestionnaireResponse",
+            json=resource,
+            headers={
+                "Authorization": f"Bearer {data['token']}",
+                "Content-Type": "application/fhir+json",
+                "Accept": "application/fhir+json",
+            },
+            timeout=app.settings.fhir_timeout_seconds,
+            allow_redirects=False,
+        )
+    except requests.RequestException:
+        upstream = None
+    if upstream is None or upstream.status_code not in (200, 201):
+        message, status = _save_failure(upstream)
+        log.warning("smart save failed", extra={"status": getattr(upstream, "status_code", None)})
+        return again(message, status)
+    saved_id = None
+    try:
+        saved_id = upstream.json().get("id")
+    except ValueError:
+        pass
+    log.info("smart questionnaire response saved", extra={"items": len(answers)})
+    html = render_template("smart/saved.html", count=len(answers), saved_id=saved_id)
+    return Response(html, 201, mimetype="text/html")
