@@ -266,16 +266,22 @@ def _save_failure(response: requests.Response | None) -> tuple[str, int]:
     return f"The EHR rejected the assessment (HTTP {response.status_code}), so nothing was saved.", 502
 
 
+def _same_site_post(app: SmartApp) -> bool:
+    """Defence in depth beside the CSRF token: the browser's own word on where the POST came from.
+    (Origin is "null" under Referrer-Policy: no-referrer, so Sec-Fetch-Site is read first.)"""
+    site = request.headers.get("Sec-Fetch-Site")
+    if site is not None:
+        return site in {"same-origin", "none"}
+    origin = (request.headers.get("Origin") or "null").rstrip("/")
+    allowed = {request.host_url.rstrip("/"), (app.settings.public_base_url or "").rstrip("/")}
+    return origin == "null" or origin in allowed
+
+
 @bp.post("/save")
 def save() -> Response:
     app = _smart()
     session_id, data = _session()
-    origin = request.headers.get("Origin")
-    if (
-        origin
-        and origin.rstrip("/") != request.host_url.rstrip("/")
-        and not (app.settings.public_base_url and origin.rstrip("/") == app.settings.public_base_url.rstrip("/"))
-    ):
+    if not _same_site_post(app):
         return _message("Refused", "This form was sent from another site.", 403)
     if data is None:
         return _message("Session ended", "This launch has ended. Launch the app again from the EHR.", 401)

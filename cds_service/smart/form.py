@@ -202,10 +202,11 @@ def _answer(item: Mapping[str, Any], raw: str) -> dict[str, Any]:
             raise FormError(f"'{text}': enter a date as YYYY-MM-DD")
         if len(raw) == 10:
             try:
-                if date.fromisoformat(raw) > date.today():
-                    raise FormError(f"'{text}': the date is in the future")
+                day = date.fromisoformat(raw)
             except ValueError as exc:
                 raise FormError(f"'{text}': {raw} is not a calendar date") from exc
+            if day > date.today():
+                raise FormError(f"'{text}': the date is in the future")
         return {"valueDate": raw}
     if kind == "choice":
         options = item.get("answerOption") or []

@@ -36,7 +36,7 @@ import jwt
 import requests
 from cryptography.hazmat.primitives.asymmetric import rsa
 from werkzeug import Request, Response
-from werkzeug.serving import BaseWSGIServer, make_server
+from werkzeug.serving import BaseWSGIServer, WSGIRequestHandler, make_server
 
 HOST = "127.0.0.1"
 FHIR_JSON = "application/fhir+json"
@@ -57,6 +57,13 @@ SCOPES_SUPPORTED = (
 # Parameters that carry the patient in a search, per the R4 compartment (the prefetch searches use these).
 PATIENT_PARAMS = ("patient", "subject", "_id")
 PROXIED_HEADERS = ("Content-Type", "Location", "ETag", "Last-Modified")
+
+
+class _QuietHandler(WSGIRequestHandler):
+    """No access log: request lines carry authorization codes and launch ids."""
+
+    def log_request(self, *args: Any, **kwargs: Any) -> None:
+        pass
 
 
 @dataclass
@@ -110,7 +117,7 @@ class EhrLaunchServer:
         return f"{self.base_url}/fhir"
 
     def start(self) -> EhrLaunchServer:
-        self._server = make_server(HOST, self.port, self.wsgi, threaded=True)
+        self._server = make_server(HOST, self.port, self.wsgi, threaded=True, request_handler=_QuietHandler)
         self.port = int(self._server.server_port)
         self._thread = threading.Thread(target=self._server.serve_forever, name=f"ehr-launch-{self.port}", daemon=True)
         self._thread.start()
