@@ -6,15 +6,18 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 PIP    := $(VENV)/bin/pip
 STAMP  := $(VENV)/.installed
-# Debian packages the test suite drives for real (browser tests, benchmarks, load balancer tests).
+# Debian packages the test suite drives for real (browser tests). mk/*.mk fragments add theirs with +=.
 SYSTEM_PACKAGES ?= chromium chromium-driver
+# Targets `make test` depends on; mk/*.mk fragments add their installers here (TEST_DEPS += ...).
+TEST_DEPS = $(STAMP) system-deps
+# The tiers `make test-fast` leaves out (pytest markers set in tests/conftest.py).
+SLOW_TIERS = not postgres and not browser and not sandbox and not cluster
 
-.PHONY: serve serve-dev test lint venv system-deps venv-system-deps clean help
+.PHONY: serve serve-dev test test-fast lint venv system-deps venv-system-deps clean help
 
+## help: list every target with what it does
 help:
-	@echo "make serve   - create .venv, install, start the service on 127.0.0.1:8080 (development defaults)"
-	@echo "make test    - install everything the tests need and run the whole suite"
-	@echo "make sandbox - start a sandbox FHIR server loaded with the fixtures"
+	@grep -hE '^## ' $(MAKEFILE_LIST) | sed -e 's/^## //' | awk -F': ' '{printf "  make %-16s %s\n", $$1, $$2}'
 
 $(STAMP): pyproject.toml
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "$(PYTHON) not found: install Python 3.11"; exit 1; }
@@ -24,13 +27,16 @@ $(STAMP): pyproject.toml
 	$(PIP) install --quiet -e '.[test]'
 	@touch $(STAMP)
 
+## venv: create .venv and install the package with its test extras
 venv: $(STAMP)
 
+## serve: create .venv, install, start the service on 127.0.0.1:8080 (development defaults)
 # `make serve` runs production gunicorn with development defaults: JWT verification off,
 # CORS open to browser simulators, console on, FHIR calls to loopback only. See README.
 serve: $(STAMP)
 	CDS_ENV=$${CDS_ENV:-development} $(VENV)/bin/cds-service serve
 
+## serve-dev: the same on Flask's single-process development server
 serve-dev: $(STAMP)
 	CDS_ENV=development $(VENV)/bin/cds-service serve --dev
 
@@ -45,6 +51,7 @@ define apt-install
 	fi
 endef
 
+## system-deps: install the Debian packages the full test suite drives
 system-deps:
 	$(call apt-install,$(SYSTEM_PACKAGES))
 
@@ -52,14 +59,23 @@ system-deps:
 venv-system-deps:
 	$(call apt-install,python3.11-venv)
 
+## lint: ruff over the package, tests and benchmarks
 lint: $(STAMP)
-	$(VENV)/bin/ruff check cds_service tests
+	$(VENV)/bin/ruff check cds_service tests bench
 
-test: $(STAMP) system-deps sandbox-deps
-	$(VENV)/bin/ruff check cds_service tests
-	$(VENV)/bin/pytest -q
-
+## clean: remove the virtual environment and caches
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache build *.egg-info
 
 -include mk/*.mk
+
+# After the fragments: a rule's prerequisites are expanded when it is read, so TEST_DEPS is complete here.
+## test: install everything (system packages included) and run the whole suite (what CI runs)
+test: $(TEST_DEPS)
+	$(VENV)/bin/ruff check cds_service tests bench
+	$(VENV)/bin/pytest -q
+
+## test-fast: Python + SQLite only (no PostgreSQL, Chromium, Node or nginx) - a few minutes, while you work
+test-fast: $(STAMP)
+	$(VENV)/bin/ruff check cds_service tests bench
+	$(VENV)/bin/pytest -q -m "$(SLOW_TIERS)"

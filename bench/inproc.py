@@ -10,9 +10,9 @@ CASES.json: {"data_dir": ..., "cases": [{"name", "service_id", "path", "expected
 
 For each case, alternately and the same number of times, in the same process and heap state
 (wall-clock and this thread's CPU time, which a busy machine disturbs less):
-  * service  -- POST through Flask's test client: body read, orjson parse, schema validation,
-                prefetch resolution, facts, rules, card rendering, the served-cards insert, response
-                serialisation (everything `invoke` does; no HTTP server, no socket);
+  * service  -- the hook engine (``HookEngine.invoke``): orjson parse, schema validation, prefetch
+                resolution, facts, rules, card rendering, the served-cards insert, response
+                serialisation (everything a hook request does; no HTTP server, no socket);
   * orjson   -- orjson.loads(body), the parser the service uses;
   * json     -- json.loads(body) (stdlib), for reference.
 Medians are reported. GC stays in its default state throughout: the reference parse pays the same
@@ -37,11 +37,47 @@ def _rss_peak_kib() -> int:
     return 0
 
 
+def hook_caller(settings):  # noqa: ANN001, ANN201 - the tree under test decides the types
+    """(service_id, raw body, case name) -> sorted card topics, through the hook engine.
+
+    The engine is the whole request path minus the HTTP server: JSON parse, schema validation,
+    prefetch resolution, facts, rules, card rendering, the served-card insert and the response
+    serialisation. Trees from before the engine existed (the "before" ref) are driven through their
+    app instead, so both sides of a comparison run everything a hook request runs.
+    """
+    import orjson
+
+    try:
+        from cds_service.runtime import Runtime
+
+        engine = Runtime.build(settings).engine
+    except (ImportError, AttributeError):
+        from cds_service.app import create_app
+
+        client = create_app(settings).test_client()
+
+        def via_app(service_id: str, raw: bytes, name: str) -> list[str]:
+            response = client.post(f"/cds-services/{service_id}", data=raw, content_type="application/json")
+            if response.status_code != 200:
+                raise SystemExit(f"{name}: HTTP {response.status_code}: {response.data[:300]!r}")
+            return sorted(c["source"]["topic"]["code"] for c in orjson.loads(response.data)["cards"])
+
+        return via_app
+
+    def via_engine(service_id: str, raw: bytes, name: str) -> list[str]:
+        outcome = engine.invoke(service_id, orjson.loads(raw))
+        if outcome.status != 200:
+            raise SystemExit(f"{name}: status {outcome.status}: {outcome.body}")
+        orjson.dumps(outcome.body)
+        return sorted(d.topic for d in outcome.decisions)
+
+    return via_engine
+
+
 def main() -> int:
     spec = json.loads(Path(sys.argv[1]).read_text())
     import orjson
 
-    from cds_service.app import create_app
     from cds_service.settings import Settings
 
     settings = Settings(
@@ -54,18 +90,13 @@ def main() -> int:
         # (the field is absent from older trees measured as the baseline)
         **({"auto_migrate": True} if "auto_migrate" in Settings.__dataclass_fields__ else {}),
     )
-    app = create_app(settings)
-    client = app.test_client()
+    call = hook_caller(settings)
     results = []
     for case in spec["cases"]:
         raw = Path(case["path"]).read_bytes()
-        url = f"/cds-services/{case['service_id']}"
 
-        def service(url: str = url, raw: bytes = raw, name: str = case["name"]) -> list[str]:
-            response = client.post(url, data=raw, content_type="application/json")
-            if response.status_code != 200:
-                raise SystemExit(f"{name}: HTTP {response.status_code}: {response.data[:300]!r}")
-            return sorted(c["source"]["topic"]["code"] for c in orjson.loads(response.data)["cards"])
+        def service(raw: bytes = raw, case: dict = case) -> list[str]:
+            return call(case["service_id"], raw, case["name"])
 
         topics = service()  # warm-up (and correctness)
         wall: dict[str, list[float]] = {"service": [], "orjson": [], "json": []}

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
-from cds_service.fixtures import build_request, load_manifest, service_templates
+from cds_service.tooling.fixtures import build_request, load_manifest, service_templates
 
 LOINC = "http://loinc.org"
 SCT = "http://snomed.info/sct"
@@ -351,7 +351,7 @@ def build_payload(name: str, slug: str, hook: str, mix: Mix, today: date | None 
         bundle = prefetch[key]
         bundle["entry"] = [*bundle.get("entry", []), *(_entry(r) for r in resources)]
         bundle["total"] = len(bundle["entry"])
-    from cds_service.fixtures import SERVICE_IDS
+    from cds_service.registry import SERVICE_IDS
 
     return Payload(
         name=name,

@@ -5,10 +5,10 @@ missed), docs/benchmarks-latency-vs-size.svg, docs/benchmarks-throughput-vs-conc
 docs/benchmarks-profile.txt. Every run is bounded (BENCH_DURATION seconds per wrk run, a time budget
 per W3 size) and talks to 127.0.0.1 only. See bench/README.md for what each workload does.
 
-"Before" numbers: the same measurements on the code without the performance changes -- a copy of
-cds_service/ and cards/ in a temporary directory with bench/perf-changes.patch reversed (or, with
-BENCH_BASELINE_REF, `git archive` of that ref), imported through PYTHONPATH by the server and the
-in-process harness -- so before and after come from one run on one machine. BENCH_BASELINE=0 skips them.
+"Before" numbers: the same measurements on the code of a git ref (BENCH_BASELINE_REF, default
+DEFAULT_BASELINE_REF below) -- `git archive` of its cds_service/ and cards/ in a temporary directory,
+imported through PYTHONPATH by the server and the in-process harness -- so before and after come
+from one run on one machine. BENCH_BASELINE=0 skips them.
 
 Environment: BENCH_DURATION (s per wrk run, default 10), BENCH_WARMUP (s, default 2),
 BENCH_SIZES (W3 sizes, default 10,100,1000,10000,50000), BENCH_W3_BUDGET (s per size, default 8),
@@ -46,7 +46,8 @@ ROOT = Path(__file__).resolve().parent.parent
 BENCH = ROOT / "bench"
 VENV_BIN = Path(sys.executable).parent
 LUA = BENCH / "lua" / "post.lua"
-DEFAULT_BASELINE_REF = "c7cc5bc"  # "Service core, clinical engine and client authentication": before the perf work
+# main before the hook-engine refactor and the second performance round (issues 11 and 16)
+DEFAULT_BASELINE_REF = "dcc100b"
 CONCURRENCY = (1, 8, 32)
 W4_MISSING = ("conditions", "findings", "questionnaireResponses", "medications", "serviceRequests")
 W4_DELAY_MS = 50.0
@@ -386,7 +387,7 @@ def end_to_end_scaling(service: Service, files: dict[str, Path], cases: list[pl.
 # W4: FHIR fallback through a 50 ms proxy in front of a sandbox FHIR server
 # ------------------------------------------------------------------------------------------------
 class FhirBackend:
-    """sekmet (cds_service.sandbox) when it starts, else bench/static_fhir.py."""
+    """sekmet (cds_service.tooling.sandbox) when it starts, else bench/static_fhir.py."""
 
     def __init__(self, chart: list[dict[str, Any]], workdir: Path):
         self.chart = chart
@@ -398,12 +399,12 @@ class FhirBackend:
 
     def start(self) -> FhirBackend:
         try:
-            from cds_service.sandbox import SandboxServer
+            from cds_service.tooling.sandbox import SandboxServer
 
             with open(self.workdir / "sandbox-install.log", "w") as out:
                 self.sandbox = SandboxServer("sekmet", port=None, out=out).start()
                 self.sandbox.load([pl.transaction_bundle(self.chart)], progress=False)
-            self.kind = "sekmet (cds_service.sandbox)"
+            self.kind = "sekmet (cds_service.tooling.sandbox)"
             self.base_url, self.token = self.sandbox.base_url, self.sandbox.token
         except Exception as exc:  # noqa: BLE001 - any failure: fall back, and say so in the report
             if self.sandbox is not None:
@@ -555,33 +556,15 @@ def profiles(cases_file: Path, pythonpath: str, label: str) -> str:
 # ------------------------------------------------------------------------------------------------
 # Main
 # ------------------------------------------------------------------------------------------------
-PERF_PATCH = BENCH / "perf-changes.patch"
-
-
 def baseline_tree(workdir: Path, ref: str | None) -> tuple[Path, str]:
-    """The code before the performance work, in a temporary directory (the repository is never touched).
+    """The "before" code: `git archive <ref>` of cds_service/ and cards/ in a temporary directory.
 
-    Default: the working tree's cds_service/ and cards/ with bench/perf-changes.patch reversed, so
-    "before" differs from "after" by exactly the performance changes (and not by what other work
-    changed since). With *ref* (or when the patch no longer reverses cleanly): `git archive <ref>`.
+    A git ref always applies (a patch kept beside the code stops reversing as soon as the code moves
+    on); the repository itself is never touched.
     """
     target = workdir / "baseline"
     shutil.rmtree(target, ignore_errors=True)
     target.mkdir(parents=True)
-    if ref is None and PERF_PATCH.exists():
-        ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
-        shutil.copytree(ROOT / "cds_service", target / "cds_service", symlinks=True, ignore=ignore)
-        shutil.copytree(ROOT / "cards", target / "cards", symlinks=True, ignore=ignore)
-        args = ["patch", "-R", "-p1", "-s", "-d", str(target), "-i", str(PERF_PATCH)]
-        dry = subprocess.run([*args, "--dry-run"], capture_output=True, text=True, timeout=60)
-        if dry.returncode == 0:
-            subprocess.run(args, check=True, capture_output=True, timeout=60)
-            return target, "the working tree with bench/perf-changes.patch reversed"
-        log(f"bench/perf-changes.patch does not reverse cleanly ({dry.stdout.strip()[:300]}); "
-            f"using git {DEFAULT_BASELINE_REF}")
-        shutil.rmtree(target)
-        target.mkdir(parents=True)
-        ref = DEFAULT_BASELINE_REF
     ref = ref or DEFAULT_BASELINE_REF
     archive = subprocess.run(["git", "-C", str(ROOT), "archive", ref, "cds_service", "cards"], capture_output=True,
                              timeout=120, check=True)
@@ -598,7 +581,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--w3-budget", type=float, default=float(os.environ.get("BENCH_W3_BUDGET", "8")))
     parser.add_argument("--baseline", default=os.environ.get("BENCH_BASELINE", "1"))
     parser.add_argument("--baseline-ref", default=os.environ.get("BENCH_BASELINE_REF") or None,
-                        help="git ref of the 'before' code (default: this tree minus bench/perf-changes.patch)")
+                        help=f"git ref of the 'before' code (default {DEFAULT_BASELINE_REF})")
     parser.add_argument("--only", default=os.environ.get("BENCH_ONLY", ""),
                         help="comma list of parts: throughput,w3,w4,profile,baseline (default: all)")
     args = parser.parse_args(argv)

@@ -1,7 +1,7 @@
-"""A tiny static FHIR R4 server: W4's fallback when the sandbox servers (cds_service.sandbox) cannot start.
+"""A tiny static FHIR R4 server: W4's fallback when the sandbox servers (cds_service.tooling.sandbox) cannot start.
 
 It answers reads (``Type/id``) and the searches of the service's prefetch templates over an in-memory
-list of resources, with the same search semantics the tests use (cds_service.fixtures.search), and
+list of resources, with the same search semantics the tests use (cds_service.tooling.fixtures.search), and
 requires ``Authorization: Bearer <token>``. Loopback only. Used only when `bench/run.py` cannot start
 sekmet; the report says which server W4 ran against.
 """
@@ -13,7 +13,7 @@ import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-from cds_service.fixtures import search
+from cds_service.tooling.fixtures import search
 
 
 class StaticFhirServer(ThreadingHTTPServer):

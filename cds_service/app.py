@@ -60,7 +60,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.register_blueprint(hooks_bp)
     _register_operational_routes(app, rt)
     if settings.effective_console_enabled:
-        from .console import bp as console_bp
+        from .tooling.console import bp as console_bp
 
         app.register_blueprint(console_bp)
     from .smart.blueprint import init_app as init_smart_app  # the assessment app under /smart/ (issue 14)
@@ -243,14 +243,9 @@ def _register_operational_routes(app: Flask, rt: Runtime) -> None:
         return Response(body, content_type=content_type)
 
     if rt.settings.bench_floor:
+        from .bench_floor import register_floor
 
-        @app.post("/_bench/floor")
-        def bench_floor() -> Response:
-            """Benchmark floor: parse the JSON body and answer a fixed small body (no rules, no I/O)."""
-            import orjson
-
-            orjson.loads(request.get_data(cache=False))
-            return json_response({"cards": []})
+        register_floor(app)
 
     contract = resources.files("cds_service").joinpath("openapi.yaml").read_bytes()  # read once
 

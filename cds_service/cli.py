@@ -1,4 +1,8 @@
-"""`cds-service` command line: serve, migrate, evaluate, services, validate, sandbox, report."""
+"""`cds-service` command line: every subcommand is registered here.
+
+serve, migrate, evaluate, services, validate, sandbox, fixtures, report. Tools that answer hooks
+(evaluate, services, validate) use the hook engine directly, with no database and no HTTP.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +10,7 @@ import argparse
 import json
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from .settings import Settings, SettingsError
@@ -81,10 +86,15 @@ def _safe_url(url: str) -> str:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
-    """Run one CDS Hooks request through the same Flask code path as HTTP and print the response."""
-    from .app import create_app
+    """Run one CDS Hooks request through the hook engine and print the answer (nothing recorded)."""
+    from .logging_setup import configure_logging
+    from .protocol import RequestError
+    from .runtime import Runtime
 
     body = json.loads(Path(args.request).read_text("utf-8"))
+    if not isinstance(body, dict):
+        print("cds-service evaluate: the request file must hold a JSON object", file=sys.stderr)
+        return 2
     if args.fhir_server:
         body["fhirServer"] = args.fhir_server
     if args.token:
@@ -95,44 +105,62 @@ def _evaluate(args: argparse.Namespace) -> int:
     settings = Settings.from_env()
     if args.fhir_server and not args.keep_allowlist:
         settings = settings.with_overrides(fhir_allowlist=(*settings.fhir_allowlist, args.fhir_server))
-    settings = settings.with_overrides(auth_mode="off")
-    app = create_app(settings)
-    service = args.service or _service_for_hook(app, body.get("hook"))
-    response = app.test_client().post(f"/cds-services/{service}", json=body)
-    print(json.dumps(response.get_json(), indent=2))
-    return 0 if response.status_code == 200 else 1
-
-
-def _service_for_hook(app, hook: str | None) -> str:
-    for service in app.extensions["cds"].services.values():
-        if service.hook == hook:
-            return service.id
-    raise SystemExit(f"no service handles hook {hook!r}; pass --service")
+    # stdout carries the answer only; warnings go to stderr. No database: an evaluation is not analytics.
+    configure_logging("WARNING")
+    runtime = Runtime.build(settings.with_overrides(auth_mode="off"), with_store=False)
+    try:
+        engine = runtime.engine
+        service = engine.service(args.service) if args.service else engine.service_for_hook(body.get("hook"))
+        outcome = engine.invoke(service.id, body, record=False)
+        status, answer = outcome.status, outcome.body
+    except RequestError as exc:
+        status, answer = exc.status, exc.body()
+    finally:
+        runtime.close()
+    print(json.dumps(answer, indent=2, ensure_ascii=False))
+    return 0 if status == 200 else 1
 
 
 def _services(_args: argparse.Namespace) -> int:
-    from .app import create_app
+    from .runtime import Runtime
 
-    app = create_app(Settings.from_env().with_overrides(auth_mode="off"))
-    print(json.dumps(app.test_client().get("/cds-services").get_json(), indent=2))
+    runtime = Runtime.build(Settings.from_env().with_overrides(auth_mode="off"), with_store=False)
+    try:
+        print(json.dumps(runtime.engine.discovery(), indent=2, ensure_ascii=False))
+    finally:
+        runtime.close()
     return 0
 
 
-def _delegate(module: str, argv: list[str]) -> int:
+def _tool(module: str, description: str) -> tuple[Callable[[argparse.ArgumentParser], None], Callable[..., int]]:
+    """A subcommand implemented by a tooling module: its configure(parser) and command(args), imported late."""
     import importlib
 
-    return int(importlib.import_module(module).main(argv) or 0)
+    def configure(parser: argparse.ArgumentParser) -> None:
+        parser.description = description
+        importlib.import_module(module).configure(parser)
+
+    def command(args: argparse.Namespace) -> int:
+        return int(importlib.import_module(module).command(args) or 0)
+
+    return configure, command
+
+
+# Subcommands whose options live with the code they drive (the parser is still built here, once).
+TOOLS = {
+    "validate": ("cds_service.tooling.validation_report",
+                 "run every fixture patient through every hook and compare the cards with the manifest"),
+    "sandbox": ("cds_service.tooling.sandbox", "start a sandbox FHIR server loaded with the fixtures"),
+    "fixtures": ("cds_service.tooling.fixtures", "fixture tooling: regenerate the example CDS Hooks requests"),
+}
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    delegated = {
-        "validate": "cds_service.validation_report",
-        "sandbox": "cds_service.sandbox",
-        "report": "cds_service.analytics",
-    }
-    if argv and argv[0] in delegated:
-        return _delegate(delegated[argv[0]], argv[1:])
+    if argv and argv[0] == "report":  # options owned by cds_service.analytics
+        from .analytics import main as report_main
+
+        return int(report_main(argv[1:]) or 0)
 
     parser = argparse.ArgumentParser(prog="cds-service", description="Low back pain CDS Hooks service")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -164,8 +192,12 @@ def main(argv: list[str] | None = None) -> int:
     evaluate.set_defaults(func=_evaluate)
     services = sub.add_parser("services", help="print the discovery document")
     services.set_defaults(func=_services)
-    sub.add_parser("validate", help="run every fixture through every hook (see README)")
-    sub.add_parser("sandbox", help="start a sandbox FHIR server loaded with the fixtures")
+    for name, (module, description) in TOOLS.items():
+        configure, command = _tool(module, description)
+        tool = sub.add_parser(name, help=description)
+        if argv[:1] == [name]:  # import a tool's module only when it runs (serve stays light)
+            configure(tool)
+        tool.set_defaults(func=command)
     sub.add_parser("report", help="feedback analytics: served, accepted, overridden per topic")
     args = parser.parse_args(argv)
     try:

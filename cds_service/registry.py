@@ -16,6 +16,12 @@ from .clinical.model import Decision, EvaluationInput
 
 QUESTIONNAIRE_URL = "http://example.org/fhir/lbp-cds/Questionnaire/back-pain-assessment"
 PATIENT = "{{context.patientId}}"
+# hook → service id: the only place service ids are written (fixtures, benchmarks and docs read it here)
+SERVICE_IDS = {
+    "patient-view": "lbp-patient-view",
+    "order-select": "lbp-imaging-order-select",
+    "order-sign": "lbp-imaging-order-sign",
+}
 
 
 @dataclass(frozen=True)
@@ -83,7 +89,7 @@ def build_registry(knowledge: Knowledge) -> dict[str, ServiceDefinition]:
 
     services = [
         ServiceDefinition(
-            id="lbp-patient-view",
+            id=SERVICE_IDS["patient-view"],
             hook="patient-view",
             title="Low back pain: red flags, axial spondyloarthritis and self-management",
             description=(
@@ -97,7 +103,7 @@ def build_registry(knowledge: Knowledge) -> dict[str, ServiceDefinition]:
             first_page_only=LATEST_ONLY,
         ),
         ServiceDefinition(
-            id="lbp-imaging-order-select",
+            id=SERVICE_IDS["order-select"],
             hook="order-select",
             title="Low back pain: lumbar imaging appropriateness (order selection)",
             description=(
@@ -111,7 +117,7 @@ def build_registry(knowledge: Knowledge) -> dict[str, ServiceDefinition]:
             first_page_only=LATEST_ONLY,
         ),
         ServiceDefinition(
-            id="lbp-imaging-order-sign",
+            id=SERVICE_IDS["order-sign"],
             hook="order-sign",
             title="Low back pain: lumbar imaging appropriateness (order signing)",
             description=(

@@ -1,12 +1,13 @@
-"""Everything built once per worker at start-up: knowledge, registry, card catalog, store, clients."""
+"""Everything built once per worker at start-up: knowledge, registry, card catalog, store, clients, engine."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from .auth import Authenticator, SqlReplayCache
 from .cards import CardCatalog
 from .clinical.knowledge import Knowledge
+from .engine import HookEngine
 from .fhir_client import FhirClient
 from .protocol import validators
 from .registry import ServiceDefinition, build_registry
@@ -20,28 +21,37 @@ class Runtime:
     knowledge: Knowledge
     services: dict[str, ServiceDefinition]
     catalog: CardCatalog
-    store: Store
+    store: Store | None  # None: an evaluation-only process (cds-service evaluate) records nothing
     fhir: FhirClient
-    authenticator: Authenticator
+    authenticator: Authenticator | None
+    engine: HookEngine = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self.engine = HookEngine(self)
 
     @classmethod
-    def build(cls, settings: Settings) -> Runtime:
+    def build(cls, settings: Settings, *, with_store: bool = True) -> Runtime:
+        """The service's runtime; ``with_store=False`` for tools that evaluate but never record or authenticate."""
         auth_on = settings.effective_auth_mode != "off"
-        if settings.environment == "production" and auth_on and not settings.public_base_url:
+        if with_store and settings.environment == "production" and auth_on and not settings.public_base_url:
             raise SettingsError(
                 "CDS_PUBLIC_BASE_URL is required in production when client authentication is on: the JWT `aud` "
                 "must be checked against the URL clients call, not against the request's Host header"
             )
         validators()  # compile the JSON Schemas now, not on the first hook request
         knowledge = Knowledge.load(settings.site_config)
-        store = Store(
-            settings.effective_database_url, settings.patient_hash_key, auto_migrate=settings.effective_auto_migrate
-        )
-        replay_cache = SqlReplayCache(store.engine)
-        # A database that is down at start-up must not stop hooks from being answered:
-        # the store retries schema creation on first use and /readyz reports not-ready meanwhile.
-        if store.create_schema():
-            replay_cache.create_table(store.engine)
+        store: Store | None = None
+        authenticator: Authenticator | None = None
+        if with_store:
+            store = Store(
+                settings.effective_database_url, settings.patient_hash_key, auto_migrate=settings.effective_auto_migrate
+            )
+            replay_cache = SqlReplayCache(store.engine)
+            # A database that is down at start-up must not stop hooks from being answered:
+            # the store retries schema creation on first use and /readyz reports not-ready meanwhile.
+            if store.create_schema():
+                replay_cache.create_table(store.engine)
+            authenticator = Authenticator(settings, replay_cache)
         return cls(
             settings=settings,
             knowledge=knowledge,
@@ -53,5 +63,11 @@ class Runtime:
                 max_pages=settings.fhir_max_pages,
                 max_response_bytes=settings.fhir_max_response_bytes,
             ),
-            authenticator=Authenticator(settings, replay_cache),
+            authenticator=authenticator,
         )
+
+    def close(self) -> None:
+        """Release pooled connections (FHIR keep-alive sessions, database pool)."""
+        self.fhir.close()
+        if self.store is not None:
+            self.store.engine.dispose()

@@ -8,14 +8,17 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field, replace
+from datetime import datetime
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from .errors import SettingsError
+from .urls import check_service_url
+
+__all__ = ["PROJECT_ROOT", "Settings", "SettingsError"]
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
-
-
-class SettingsError(ValueError):
-    """A configuration value is invalid; raised at start-up, never per request."""
 
 
 def _bool(name: str, raw: str) -> bool:
@@ -70,6 +73,8 @@ class Settings:
     cards_dir: Path = Path(__file__).resolve().parent / "data" / "cards"
     patient_hash_key: str | None = None
     log_level: str = "INFO"
+    # IANA zone whose calendar day is "today" for every rule (clinical-rules.md §1, rev 2)
+    timezone: str = "UTC"
     # Client authentication (CDS client JWT, see README "Security")
     auth_mode: str | None = None  # off | optional | required; None → required in production, off in development
     issuers_file: Path | None = None
@@ -105,6 +110,10 @@ class Settings:
             return self.console_enabled
         return self.environment == "development"
 
+    def now(self) -> datetime:
+        """The current instant in the site's time zone: its date is "today" for every rule and tool."""
+        return datetime.now(ZoneInfo(self.timezone))
+
     def with_overrides(self, **changes: Any) -> Settings:
         return replace(self, **changes)
 
@@ -117,8 +126,10 @@ class Settings:
             raise SettingsError(f"CDS_AUTH_MODE: expected off, optional or required, got {self.auth_mode!r}")
         if self.fhir_timeout_seconds > self.deadline_seconds:
             raise SettingsError("CDS_FHIR_TIMEOUT must not exceed CDS_DEADLINE")
-        from .urls import check_service_url  # local import: urls imports SettingsError from here
-
+        try:
+            ZoneInfo(self.timezone)
+        except (ZoneInfoNotFoundError, ValueError) as exc:
+            raise SettingsError(f"CDS_TIMEZONE: not an IANA time zone name: {self.timezone!r}") from exc
         for prefix in self.fhir_allowlist:
             check_service_url(prefix, "CDS_FHIR_ALLOWLIST")
 
@@ -137,6 +148,7 @@ class Settings:
             "CDS_LOG_LEVEL": ("log_level", str),
             "CDS_AUTH_MODE": ("auth_mode", str),
             "CDS_PUBLIC_BASE_URL": ("public_base_url", str),
+            "CDS_TIMEZONE": ("timezone", str),
         }
         for var, (attr, kind) in simple.items():
             if env.get(var):

@@ -9,7 +9,7 @@ from __future__ import annotations
 import ipaddress
 from urllib.parse import urlsplit
 
-from cds_service.settings import SettingsError
+from .errors import SettingsError
 
 _LOOPBACK_NAMES = {"localhost"}
 _DEFAULT_PORTS = {"http": 80, "https": 443}

@@ -17,13 +17,16 @@ bench-deps: $(STAMP)
 	$(call apt-install,$(BENCH_DEBIAN_PACKAGES))
 	@$(PY) -c "import pyinstrument" 2>/dev/null || { echo "bench: installing $(BENCH_PIP_PACKAGES)"; $(PIP) install --quiet $(BENCH_PIP_PACKAGES); }
 
+## bench: run every benchmark workload and write docs/benchmarks.md (quiet machine, ~8 min)
 bench: bench-deps
 	$(PY) -m bench.run
 
+## bench-quick: the same with short runs, to $(BENCH_QUICK_OUT) (smoke test)
 bench-quick: bench-deps
 	mkdir -p $(BENCH_QUICK_OUT)
 	BENCH_DURATION=$${BENCH_DURATION:-3} BENCH_WARMUP=$${BENCH_WARMUP:-1} BENCH_W3_BUDGET=$${BENCH_W3_BUDGET:-3} \
 	  $(PY) -m bench.run --out $(BENCH_QUICK_OUT)
 
+## bench-report: re-render docs/benchmarks.md and charts from docs/benchmarks.json
 bench-report: $(STAMP)
 	$(PY) -m bench.report docs

@@ -24,6 +24,7 @@ CLUSTER_PG_PACKAGE ?= postgresql
 
 .PHONY: cluster-deps test-cluster cluster-bench migrate
 
+## cluster-deps: install nginx and the PostgreSQL server binaries (service start suppressed)
 cluster-deps:
 	@missing=""; for p in $(CLUSTER_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v initdb >/dev/null 2>&1 \
@@ -43,15 +44,18 @@ cluster-deps:
 	  exit $$status; \
 	fi
 
-system-deps: cluster-deps
+TEST_DEPS += cluster-deps
 
+## test-cluster: only the multi-instance tests (real gunicorn instances, nginx, PostgreSQL)
 test-cluster: $(STAMP) cluster-deps
 	$(VENV)/bin/pytest -q tests/cluster
 
 CLUSTER_BENCH_ARGS ?= --seconds 8 --workers 1 2
 
+## cluster-bench: throughput of 1 vs 2 instances behind nginx (idle machine)
 cluster-bench: $(STAMP) cluster-deps
 	$(PY) -m tests.cluster.bench_scaleout $(CLUSTER_BENCH_ARGS)
 
+## migrate: upgrade the database schema to the latest revision
 migrate: $(STAMP)
 	$(VENV)/bin/cds-service migrate

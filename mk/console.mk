@@ -12,10 +12,12 @@ CONSOLE_SCREENSHOT_PACKAGES ?= fonts-noto-color-emoji fonts-dejavu-core
 screenshot-deps:
 	$(call apt-install,$(CONSOLE_SCREENSHOT_PACKAGES))
 
+## screenshots: regenerate docs/screenshots/*.png with real headless Chromium
 screenshots: $(STAMP) system-deps screenshot-deps
 	CONSOLE_SCREENSHOTS_DIR=$(abspath $(SCREENSHOTS_DIR)) $(VENV)/bin/pytest -q -p no:cacheprovider \
 	  tests/console/test_console_browser.py -k test_screenshots
 	@ls -l $(SCREENSHOTS_DIR)/console-*.png
 
+## console-test: only the console tests (Flask-level, SQLite + PostgreSQL, browser)
 console-test: $(STAMP) system-deps
 	$(VENV)/bin/pytest -q tests/console

@@ -22,12 +22,17 @@ sandbox-system-deps:
 	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
 	fi
 
-sandbox-deps: $(STAMP) sandbox-system-deps
-	@$(PY) -m cds_service.sandbox --install-only --server all
+TEST_DEPS += sandbox-deps
 
+## sandbox-deps: install both sandbox FHIR servers (sekmet, Medplum with Node 22)
+sandbox-deps: $(STAMP) sandbox-system-deps
+	@$(VENV)/bin/cds-service sandbox --install-only --server all
+
+## sandbox: start a sandbox FHIR server loaded with the fixtures (SANDBOX_SERVER, SANDBOX_PORT)
 sandbox: sandbox-deps
 	$(VENV)/bin/cds-service sandbox --server $(SANDBOX_SERVER) $(if $(SANDBOX_PORT),--port $(SANDBOX_PORT)) \
 	  $(if $(wildcard $(SANDBOX_LOAD)),--load $(SANDBOX_LOAD))
 
+## sandbox-clean: remove the installed sandbox servers
 sandbox-clean:
 	rm -rf .sandbox sandbox/medplum/node_modules

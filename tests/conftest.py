@@ -104,3 +104,24 @@ def postgres_url() -> Iterator[str]:
     with admin.connect() as conn:
         conn.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
     admin.dispose()
+
+
+# ---- test tiers ------------------------------------------------------------------------------
+# `make test-fast` deselects what needs more than Python and SQLite; `make test` runs everything.
+_TIER_BY_DIRECTORY = {"cluster": "cluster", "integration": "sandbox", "smart": "browser"}
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Tag each test with the real components it needs, from its location and fixtures."""
+    for item in items:
+        parts = Path(str(item.fspath)).relative_to(REPO / "tests").parts
+        tier = _TIER_BY_DIRECTORY.get(parts[0]) if len(parts) > 1 else None
+        if tier:
+            item.add_marker(tier)
+        names = set(getattr(item, "fixturenames", ()))
+        if "browser" in names:
+            item.add_marker("browser")
+        callspec = getattr(item, "callspec", None)
+        params = set(map(str, callspec.params.values())) if callspec else set()
+        if "postgres_url" in names or "postgresql" in params:
+            item.add_marker("postgres")

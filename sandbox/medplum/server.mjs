@@ -8,7 +8,7 @@
 //     which misorders timezone offsets, Periods and missing values),
 //   * all-or-nothing transactions (the in-memory repository has no rollback: we snapshot and restore).
 //
-// Started by cds_service/sandbox.py with the Node 22 that `npm install` put in node_modules/node
+// Started by cds_service/tooling/sandbox.py with the Node 22 that `npm install` put in node_modules/node
 // (Medplum 5.x needs Node >= 22.18). Data lives in memory only; the in-memory search scans every
 // resource of the type, so keep the loaded data small.
 //

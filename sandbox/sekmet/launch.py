@@ -1,7 +1,7 @@
 """Start sekmet-fhir 0.1.1 as a sandbox FHIR R4 server for the CDS service.
 
 Runs INSIDE sekmet's own virtual environment (.sandbox/sekmet-venv/bin/python), never in the
-project's .venv. cds_service/sandbox.py starts it; by hand:
+project's .venv. cds_service/tooling/sandbox.py starts it; by hand:
 
     .sandbox/sekmet-venv/bin/python sandbox/sekmet/launch.py --port 8090 --token sandbox-token
 

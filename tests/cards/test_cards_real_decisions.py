@@ -14,8 +14,8 @@ from cds_service.cards import CardCatalog
 from cds_service.clinical import evaluate
 from cds_service.clinical.knowledge import Knowledge
 from cds_service.clinical.model import EvaluationInput, PatientRecord
-from cds_service.fixtures import load_manifest
 from cds_service.protocol import response_errors
+from cds_service.tooling.fixtures import load_manifest
 
 from .conftest import REPO
 from .test_card_render import card_problems

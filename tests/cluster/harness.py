@@ -459,7 +459,8 @@ def parse_access_log(text: str) -> list[dict[str, str]]:
 
 def hook_requests(limit: int = 12) -> list[tuple[str, bytes]]:
     """(service id, JSON body with a HOOK_INSTANCE placeholder) for fixture patients that get cards."""
-    from cds_service.fixtures import SERVICE_IDS, build_request, load_manifest, service_templates
+    from cds_service.registry import SERVICE_IDS
+    from cds_service.tooling.fixtures import build_request, load_manifest, service_templates
 
     manifest = load_manifest()
     templates = service_templates()

@@ -14,11 +14,11 @@ import pytest
 import sqlalchemy as sa
 import yaml
 
-from cds_service.console import CONSOLE_CSP
-from cds_service.console.markdown import ALLOWED_TAGS, render_markdown
-from cds_service.fixtures import load_manifest
 from cds_service.settings import Settings
 from cds_service.store import feedback, served_cards
+from cds_service.tooling.console import CONSOLE_CSP
+from cds_service.tooling.console.markdown import ALLOWED_TAGS, render_markdown
+from cds_service.tooling.fixtures import load_manifest
 
 from .conftest import CONSOLE_DATA
 

@@ -27,8 +27,8 @@ from selenium.webdriver.remote.webdriver import WebDriver
 from selenium.webdriver.remote.webelement import WebElement
 from selenium.webdriver.support.ui import Select, WebDriverWait
 
-from cds_service.fixtures import load_manifest, shift_dates
 from cds_service.store import feedback, served_cards
+from cds_service.tooling.fixtures import load_manifest, shift_dates
 
 from .conftest import CONSOLE_DATA, WAIT_SECONDS, LiveServer, fixtures_dir_for_e2e, start_live_server, stop_live_server
 

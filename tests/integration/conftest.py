@@ -1,7 +1,7 @@
 """Integration fixtures: real FHIR R4 servers for the tests in tests/integration.
 
 By default every test that takes `fhir_server` runs once per sandbox server (sekmet-fhir and
-Medplum's router), each started ONCE per session by cds_service.sandbox (installed first when
+Medplum's router), each started ONCE per session by cds_service.tooling.sandbox (installed first when
 missing: about 30 s the first time) and loaded with tests/integration/data/*.json.
 
 Environment:
@@ -25,7 +25,7 @@ import pytest
 import requests
 from conftest import CheckedClient  # tests/conftest.py (pytest puts tests/ on sys.path)
 
-from cds_service.sandbox import SERVERS, SandboxServer, bundle_files
+from cds_service.tooling.sandbox import SERVERS, SandboxServer, bundle_files
 
 HERE = Path(__file__).resolve().parent
 DATA_DIR = HERE / "data"
@@ -215,7 +215,7 @@ class FixtureSet:
 
     day: Any
     manifest: Any
-    loaded: dict[str, Any]  # slug -> cds_service.fixtures.LoadedFixture
+    loaded: dict[str, Any]  # slug -> cds_service.tooling.fixtures.LoadedFixture
     seconds: float = 0.0
 
 
@@ -223,7 +223,7 @@ def fixture_slugs() -> list[str]:
     """Slugs of fixtures/manifest.yaml (empty when the fixtures are not there)."""
     if not (REPO / "fixtures" / "manifest.yaml").is_file():
         return []
-    from cds_service.fixtures import load_manifest
+    from cds_service.tooling.fixtures import load_manifest
 
     return [spec.slug for spec in load_manifest(REPO / "fixtures").fixtures]
 
@@ -233,7 +233,7 @@ def loaded_fixtures(fhir_server: FhirTarget) -> FixtureSet:
     """Every fixture patient, dates shifted to today (UTC, the service's clock), in the FHIR server."""
     from datetime import UTC, datetime
 
-    from cds_service.fixtures import load_manifest
+    from cds_service.tooling.fixtures import load_manifest
 
     assert fixture_slugs(), "fixtures/manifest.yaml is missing"
     day = datetime.now(UTC).date()
@@ -302,7 +302,7 @@ def hooks_for(spec: Any) -> list[str]:
 
 def no_prefetch_request(fixture: Any, hook: str, service: dict[str, Any], base_url: str, token: str | None) -> dict:
     """The fixture's request with no prefetch: fhirServer + fhirAuthorization carrying *token*."""
-    from cds_service.fixtures import build_request
+    from cds_service.tooling.fixtures import build_request
 
     request = build_request(fixture, hook, service["prefetch"], with_prefetch=False, fhir_server=base_url)
     if token:

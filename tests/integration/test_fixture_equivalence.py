@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from cds_service.fixtures import build_request
+from cds_service.tooling.fixtures import build_request
 
 from .conftest import (
     FhirTarget,

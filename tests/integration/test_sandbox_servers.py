@@ -15,7 +15,7 @@ from urllib.parse import urlsplit
 import pytest
 import requests
 
-from cds_service.sandbox import SERVERS, SandboxServer
+from cds_service.tooling.sandbox import SERVERS, SandboxServer
 
 from .conftest import HTTP_TIMEOUT, STRICT, FhirTarget, ids, matches, next_link, target_names
 

@@ -2,7 +2,7 @@
 
 Used to prove what the service does on the wire: that an off-allowlist ``fhirServer`` receives no
 request at all (SSRF), that the EHR's access token goes only where it may, and that the fetch path
-is exercised for real (logging tests). Searches are answered by ``cds_service.fixtures.search``,
+is exercised for real (logging tests). Searches are answered by ``cds_service.tooling.fixtures.search``,
 the same in-memory search the fixtures' full prefetch is built with.
 """
 
@@ -19,7 +19,7 @@ import pytest
 from pytest_httpserver import HTTPServer
 from werkzeug import Request, Response
 
-from cds_service.fixtures import UnsupportedQuery, search
+from cds_service.tooling.fixtures import UnsupportedQuery, search
 
 
 @dataclass(frozen=True)

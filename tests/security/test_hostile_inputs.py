@@ -23,9 +23,9 @@ from flask import Flask
 from flask.testing import FlaskClient
 from hookreq import lumbar_mri
 
-from cds_service.fixtures import (
+from cds_service.registry import SERVICE_IDS
+from cds_service.tooling.fixtures import (
     HOOKS,
-    SERVICE_IDS,
     LoadedFixture,
     build_request,
     load_manifest,

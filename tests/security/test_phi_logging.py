@@ -35,16 +35,16 @@ from flask.testing import FlaskClient
 from hookreq import lumbar_mri
 
 from cds_service.app import create_app
-from cds_service.fixtures import (
+from cds_service.logging_setup import configure_logging
+from cds_service.registry import SERVICE_IDS
+from cds_service.tooling.fixtures import (
     HOOKS,
-    SERVICE_IDS,
     FixtureSpec,
     LoadedFixture,
     build_request,
     load_manifest,
     service_templates,
 )
-from cds_service.logging_setup import configure_logging
 
 from .conftest import SigningKey, claims_for
 from .fhir_recorder import FhirRecorder, start_recorder, stop_recorder

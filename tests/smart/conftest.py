@@ -26,10 +26,10 @@ from security.fhir_recorder import fhir_recorder  # noqa: F401  (a fixture: a re
 from werkzeug.serving import BaseWSGIServer, make_server
 
 from cds_service.app import create_app
-from cds_service.fixtures import LoadedFixture, build_request, load_manifest
-from cds_service.sandbox import SERVERS, SandboxServer
 from cds_service.settings import Settings
 from cds_service.tooling.ehr_launch import EhrLaunchServer
+from cds_service.tooling.fixtures import LoadedFixture, build_request, load_manifest
+from cds_service.tooling.sandbox import SERVERS, SandboxServer
 
 REPO = Path(__file__).resolve().parents[2]
 HTTP_TIMEOUT = (3, 30)

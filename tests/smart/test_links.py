@@ -12,10 +12,10 @@ from cds_service.cards import CardCatalog
 from cds_service.clinical import evaluate
 from cds_service.clinical.knowledge import Knowledge
 from cds_service.clinical.model import Criterion, Decision, EvaluationInput, PatientRecord, State
-from cds_service.fixtures import load_manifest
 from cds_service.settings import Settings
 from cds_service.smart.form import load_questionnaire, walk
 from cds_service.smart.links import questionnaire_map, smart_link
+from cds_service.tooling.fixtures import load_manifest
 
 URL = "https://cds.example.org/smart/launch"
 

@@ -1,7 +1,7 @@
 """Building CDS Hooks requests for the card preview: fixture patients, pasted Bundles, draft orders.
 
 The preview must show exactly what an EHR would get, so this module only *builds the request*
-(context + full prefetch from the discovery templates, via ``cds_service.fixtures.prefetch_for``);
+(context + full prefetch from the discovery templates, via ``cds_service.tooling.fixtures.prefetch_for``);
 the browser then sends it to the real ``POST /cds-services/{id}`` endpoint.
 
 Pasted or uploaded Bundles are processed in memory for one request and never stored or logged.
@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from cds_service.clinical.dates import completed_years
-from cds_service.fixtures import FixtureSpec, LoadedFixture, Manifest, load_manifest, prefetch_for
+from cds_service.tooling.fixtures import FixtureSpec, LoadedFixture, Manifest, load_manifest, prefetch_for
 
 HOOKS = ("patient-view", "order-select", "order-sign")
 ORDER_HOOKS = ("order-select", "order-sign")

@@ -31,13 +31,14 @@ import threading
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from datetime import UTC, date, datetime
+from datetime import date
 from pathlib import Path
 from typing import IO, Any
 
 import requests
 
-from .settings import PROJECT_ROOT
+from ..settings import PROJECT_ROOT, Settings
+from . import ehr_launch
 
 SERVERS = ("sekmet", "medplum")
 DEFAULT_PORTS = {"sekmet": 8090, "medplum": 8091}
@@ -422,7 +423,7 @@ class SandboxServer:
         """POST each transaction/batch Bundle to the base URL; every entry must answer 2xx.
 
         Fixture files (a fixtures/manifest.yaml two levels up) have their dates shifted from the
-        manifest's anchor to *shift_to* (cds_service.fixtures); None loads every file as written.
+        manifest's anchor to *shift_to* (cds_service.tooling.fixtures); None loads every file as written.
         """
         items = list(bundles)
         report = LoadReport()
@@ -539,12 +540,13 @@ def bundle_files(*paths: Path) -> list[Path]:
 # ---------------------------------------------------------------------- command line
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="cds-service sandbox",
-        description="Start a sandbox FHIR R4 server on 127.0.0.1, load transaction Bundles, print its "
-        "base URL; Ctrl-C stops it. See docs/sandbox.md.",
-    )
+DESCRIPTION = (
+    "Start a sandbox FHIR R4 server on 127.0.0.1, load transaction Bundles, print its base URL; Ctrl-C stops it. "
+    "See docs/sandbox.md."
+)
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--server",
         choices=(*SERVERS, "all"),
@@ -571,8 +573,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for /metadata (default 60)")
     parser.add_argument("--install-only", action="store_true", help="install what is missing and exit")
     parser.add_argument("--verbose", action="store_true", help="server logs every request (see the log file)")
-    args = parser.parse_args(argv)
+    ehr_launch.add_arguments(parser)  # the EHR launch layer in front of the server (SMART apps)
 
+
+def command(args: argparse.Namespace) -> int:
+    """``cds-service sandbox``."""
     try:
         if args.install_only:
             for server in SERVERS if args.server == "all" else (args.server,):
@@ -583,7 +588,8 @@ def main(argv: list[str] | None = None) -> int:
                 )
             return 0
         if args.server == "all":
-            parser.error("--server all is only for --install-only")
+            print("sandbox: --server all is only for --install-only", file=sys.stderr)
+            return 2
         return _serve(args)
     except SandboxError as exc:
         print(f"sandbox: {exc}", file=sys.stderr)
@@ -593,8 +599,8 @@ def main(argv: list[str] | None = None) -> int:
 def _shift_day(text: str) -> date | None:
     if text == "none":
         return None
-    if text == "today":  # the service's clock is UTC
-        return datetime.now(UTC).date()
+    if text == "today":  # the service's clock: the site's time zone (CDS_TIMEZONE)
+        return Settings.from_env().now().date()
     try:
         return date.fromisoformat(text)
     except ValueError as exc:
@@ -616,6 +622,7 @@ def _serve(args: argparse.Namespace) -> int:
         raise KeyboardInterrupt
 
     previous = signal.signal(signal.SIGTERM, on_sigterm)
+    ehr = None
     try:
         print(f"sandbox: starting {args.server} on {server.base_url} ...", file=sys.stderr, flush=True)
         server.start()
@@ -626,6 +633,7 @@ def _serve(args: argparse.Namespace) -> int:
         )
         if files:
             server.load(files, shift_to=shift_to)
+        ehr = ehr_launch.start_for(server, args, sys.stderr)
         print(server.base_url, flush=True)
         print(
             f"sandbox: bearer token {server.token!r}; try: curl -H 'Authorization: Bearer {server.token}' "
@@ -644,10 +652,10 @@ def _serve(args: argparse.Namespace) -> int:
         print("\nsandbox: stopping ...", file=sys.stderr, flush=True)
         return 0
     finally:
+        if ehr is not None:
+            ehr.stop()
         server.stop()
         signal.signal(signal.SIGTERM, previous)
         print("sandbox: stopped", file=sys.stderr, flush=True)
 
 
-if __name__ == "__main__":
-    sys.exit(main())

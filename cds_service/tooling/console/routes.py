@@ -7,19 +7,18 @@ real CDS Hooks feedback endpoint, from the browser, exactly as an EHR sends it.
 
 from __future__ import annotations
 
-import threading
 from collections import Counter
-from datetime import UTC, date, datetime
+from datetime import date
 from pathlib import Path
 from typing import Any
 
-from flask import Flask, Response, current_app, render_template, request
+from flask import Response, current_app, render_template, request
 from sqlalchemy.exc import SQLAlchemyError
 
 from cds_service.analytics import Period, PeriodError, build_report
-from cds_service.fixtures import FIXTURES_DIR, UnsupportedQuery
 from cds_service.hooks_api import json_response
 from cds_service.runtime import Runtime
+from cds_service.tooling.fixtures import FIXTURES_DIR, UnsupportedQuery
 
 from . import TRUSTED_TYPES_POLICY, bp
 from .markdown import render_markdown
@@ -40,7 +39,6 @@ from .preview import (
 #: app.config key: the fixtures directory the console offers (default: the project's fixtures/).
 FIXTURES_DIR_KEY = "CDS_CONSOLE_FIXTURES_DIR"
 MAX_MARKDOWN_TEXTS = 50
-_review_lock = threading.Lock()
 
 
 def _runtime() -> Runtime:
@@ -48,8 +46,8 @@ def _runtime() -> Runtime:
 
 
 def _today() -> date:
-    """The service evaluates with the UTC clock, so fixtures are shifted to the UTC day."""
-    return datetime.now(UTC).date()
+    """Today in the site's time zone: the day the engine evaluates on, so fixtures are shifted to it."""
+    return _runtime().engine.now().date()
 
 
 def _fixtures_dir() -> Path:
@@ -228,28 +226,6 @@ def api_analytics_csv() -> Response:
 # --------------------------------------------------------------------------------------------
 
 
-def _review_app() -> Flask:
-    """A second instance of the service, on a throw-away database, for validation runs.
-
-    The review sends ~150 hook calls per view; through the live app they would be recorded as
-    served cards and distort the analytics. Same settings otherwise (site config, card files), so
-    the sheet shows what the live service answers. Built once per process.
-    """
-    state = current_app.extensions.setdefault("cds_console", {})
-    with _review_lock:
-        if "review_app" not in state:
-            import tempfile
-
-            from cds_service.app import create_app
-
-            data_dir = Path(tempfile.mkdtemp(prefix="cds-console-review-"))
-            settings = _runtime().settings.with_overrides(
-                data_dir=data_dir, database_url=None, auth_mode="off", console_enabled=False, patient_hash_key=None
-            )
-            state["review_app"] = create_app(settings)
-        return state["review_app"]
-
-
 def _topic_diff(expected: list[str], actual: list[str]) -> dict[str, Any]:
     """Multiset difference (an order hook can return the same topic twice), plus each topic marked."""
     exp, act = Counter(expected), Counter(actual)
@@ -273,12 +249,14 @@ def _topic_diff(expected: list[str], actual: list[str]) -> dict[str, Any]:
 
 
 def _review_data() -> dict[str, Any]:
-    from cds_service.validation_report import run
+    from cds_service.tooling.validation_report import run
 
     fixtures_dir = _fixtures_dir()
     if not (fixtures_dir / "manifest.yaml").exists():
         raise FileNotFoundError(f"no fixture manifest in {fixtures_dir}")
-    report = run(fixtures_dir, _review_app(), _today())
+    # The live engine, with nothing recorded: a review run is not clinical use and must not reach
+    # the served-card analytics. No second app, no temporary database.
+    report = run(fixtures_dir, _runtime().engine, _today())
     rows = []
     for r in report.results:
         verdict = "ok" if r.ok else ("mismatch" if r.status == 200 and not r.problems else "error")

@@ -1,8 +1,8 @@
 """Validation report: every fixture patient through every hook, expected vs actual cards.
 
-Runs the service exactly as an EHR calls it — discovery first (to learn each service's prefetch
-templates), then ``POST /cds-services/{id}`` with a full prefetch built in memory from the fixture
-(`cds_service.fixtures.prefetch_for`) — and compares the card topics returned with the topics the
+Runs the hook engine exactly as an EHR's call reaches it — discovery first (to learn each service's
+prefetch templates), then each hook request with a full prefetch built in memory from the fixture
+(`cds_service.tooling.fixtures.prefetch_for`) — and compares the card topics returned with the topics the
 fixture manifest expects (written from the clinical specification, independently of the engine).
 On the order hooks each draft order is also checked on its own (order-select with that order as
 the only selection), so a wrong card is pinned to the order that produced it.
@@ -17,17 +17,17 @@ from __future__ import annotations
 
 import argparse
 import sys
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, date, datetime
+from datetime import date
 from pathlib import Path
 from typing import Any
 
-from flask import Flask
-from flask.testing import FlaskClient
-
-from cds_service.fixtures import FIXTURES_DIR, FixtureSpec, LoadedFixture, build_request, load_manifest
+from cds_service.engine import HookEngine, topics
+from cds_service.protocol import RequestError, response_errors
+from cds_service.runtime import Runtime
+from cds_service.settings import Settings
+from cds_service.tooling.fixtures import FIXTURES_DIR, FixtureSpec, LoadedFixture, build_request, load_manifest
 
 HOOK_ORDER = ("patient-view", "order-select", "order-sign")
 
@@ -155,87 +155,65 @@ def _md_cell(text: str) -> str:
 # --------------------------------------------------------------------------------------------
 
 
-def _client(app_or_client: Flask | FlaskClient) -> FlaskClient:
-    return app_or_client.test_client() if isinstance(app_or_client, Flask) else app_or_client
-
-
-def _discovery(client: FlaskClient) -> dict[str, dict[str, Any]]:
-    """hook → discovery entry (id, prefetch templates)."""
-    response = client.get("/cds-services")
-    if response.status_code != 200:
-        raise RuntimeError(f"discovery failed: HTTP {response.status_code}")
-    return {service["hook"]: service for service in response.get_json()["services"]}
-
-
-def _topics(body: Any) -> list[str]:
-    cards = body.get("cards", []) if isinstance(body, dict) else []
-    return sorted(str(card.get("source", {}).get("topic", {}).get("code", "?")) for card in cards)
-
-
 def _call(
-    client: FlaskClient,
+    engine: HookEngine,
     service: dict[str, Any],
     fixture: LoadedFixture,
     hook: str,
     scope: str,
     expected: list[str],
+    day: date,
     selections: list[str] | None = None,
 ) -> CallResult:
-    from cds_service.protocol import response_errors
-
     request = build_request(fixture, hook, service.get("prefetch", {}), selections=selections)
-    response = client.post(f"/cds-services/{service['id']}", json=request)
-    body = response.get_json(silent=True)
+    try:
+        outcome = engine.invoke(service["id"], request, now=day, record=False)
+    except RequestError as exc:
+        return CallResult(fixture.spec.slug, hook, scope, sorted(expected), [], exc.status,
+                          [f"{exc.error}: {exc.message}"])
     problems: list[str] = []
-    if response.status_code == 200:
-        problems = response_errors(body)
-    elif isinstance(body, dict):
-        problems = [f"{body.get('error')}: {body.get('message')}"]
-    return CallResult(fixture.spec.slug, hook, scope, sorted(expected), _topics(body), response.status_code, problems)
+    if outcome.status == 200:
+        problems = response_errors(outcome.body)
+    else:
+        problems = [f"{outcome.body.get('error')}: {outcome.body.get('message')}"]
+    return CallResult(fixture.spec.slug, hook, scope, sorted(expected), topics(outcome.body), outcome.status, problems)
 
 
-def run_fixture(
-    client: FlaskClient, services: dict[str, dict[str, Any]], spec: FixtureSpec, shift_to: date
-) -> list[CallResult]:
+def services_by_hook(engine: HookEngine) -> dict[str, dict[str, Any]]:
+    """hook → discovery entry (id, prefetch templates), as an EHR learns them."""
+    return {service["hook"]: service for service in engine.discovery()["services"]}
+
+
+def run_fixture(engine: HookEngine, spec: FixtureSpec, day: date) -> list[CallResult]:
     """Every hook for one fixture (order hooks only when it has draft orders), plus each order alone."""
-    fixture = spec.load(shift_to)
-    results = [_call(client, services["patient-view"], fixture, "patient-view", "hook", spec.expected("patient-view"))]
+    services = services_by_hook(engine)
+    fixture = spec.load(day)
+
+    def call(hook: str, scope: str, expected: list[str], selections: list[str] | None = None) -> CallResult:
+        return _call(engine, services[hook], fixture, hook, scope, expected, day, selections)
+
+    results = [call("patient-view", "hook", spec.expected("patient-view"))]
     if not spec.orders:
         return results
-    results.append(
-        _call(client, services["order-select"], fixture, "order-select", "hook", spec.expected("order-select"))
-    )
+    results.append(call("order-select", "hook", spec.expected("order-select")))
     for order in spec.orders:
-        results.append(
-            _call(
-                client,
-                services["order-select"],
-                fixture,
-                "order-select",
-                order.reference,
-                sorted(order.expect),
-                selections=[order.reference],
-            )
-        )
-    results.append(_call(client, services["order-sign"], fixture, "order-sign", "hook", spec.expected("order-sign")))
+        results.append(call("order-select", order.reference, sorted(order.expect), selections=[order.reference]))
+    results.append(call("order-sign", "hook", spec.expected("order-sign")))
     return results
 
 
-def run(fixtures_dir: Path | str, app_or_client: Flask | FlaskClient, now: datetime | date | None = None) -> Report:
-    """Run every fixture of *fixtures_dir* through the app and compare with the manifest.
+def run(
+    fixtures_dir: Path | str, engine: HookEngine, day: date | None = None, only: Sequence[str] = ()
+) -> Report:
+    """Run the fixtures of *fixtures_dir* (all, or the slugs in *only*) through the engine.
 
-    *now* is the evaluation day the fixtures are shifted to. The service reads its own clock, so
-    it must be today's date (UTC) — the default.
+    *day* is the evaluation day in the site's time zone (default: today there); the fixtures are
+    shifted to it and the engine evaluates on it, so any day can be checked. Nothing is recorded.
     """
-    if now is None:
-        now = datetime.now(UTC)
-    day = now.date() if isinstance(now, datetime) else now
+    day = day or engine.now().date()
     manifest = load_manifest(fixtures_dir)
-    client = _client(app_or_client)
-    services = _discovery(client)
-    results: list[CallResult] = []
-    for spec in manifest.fixtures:
-        results.extend(run_fixture(client, services, spec, day))
+    specs = [manifest.get(slug) for slug in only] if only else manifest.fixtures
+    results = [r for spec in specs for r in run_fixture(engine, spec, day)]
     return Report(
         evaluated_on=day,
         anchor=manifest.anchor,
@@ -244,38 +222,13 @@ def run(fixtures_dir: Path | str, app_or_client: Flask | FlaskClient, now: datet
     )
 
 
-def _default_app(data_dir: Path) -> Flask:
-    """An app for a validation run: development settings, a throw-away database, no client auth."""
-    from cds_service.app import create_app
-    from cds_service.settings import Settings
-
-    settings = Settings.from_env().with_overrides(
-        environment="development",
-        auth_mode="off",
-        data_dir=data_dir,
-        database_url=None,
-        console_enabled=False,
-        log_level="WARNING",
-    )
-    return create_app(settings)
+def evaluation_runtime(settings: Settings | None = None) -> Runtime:
+    """A runtime for tooling: the site's knowledge and cards, no database, no client authentication."""
+    settings = (settings or Settings.from_env()).with_overrides(auth_mode="off", console_enabled=False)
+    return Runtime.build(settings, with_store=False)
 
 
-def _run_selected(fixtures_dir: Path, app: Flask, only: Sequence[str]) -> Report:
-    if not only:
-        return run(fixtures_dir, app)
-    manifest = load_manifest(fixtures_dir)
-    client = app.test_client()
-    services = _discovery(client)
-    day = datetime.now(UTC).date()
-    results = [r for slug in only for r in run_fixture(client, services, manifest.get(slug), day)]
-    return Report(day, manifest.anchor, results, {s.slug: s.description for s in manifest.fixtures})
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="cds-service validate",
-        description="Run every fixture patient through every hook and compare the cards with the manifest.",
-    )
+def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "fixtures",
         nargs="?",
@@ -285,20 +238,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--markdown", type=Path, help="also write the report as Markdown to this file")
     parser.add_argument("--only", action="append", default=[], help="run only these fixture slugs")
-    args = parser.parse_args(list(argv) if argv is not None else None)
-    with tempfile.TemporaryDirectory(prefix="cds-validate-") as data_dir:
-        app = _default_app(Path(data_dir))
-        try:
-            report = _run_selected(args.fixtures, app, args.only)
-        finally:
-            app.extensions["cds"].fhir.close()
+    parser.add_argument("--on", type=date.fromisoformat, metavar="YYYY-MM-DD",
+                        help="evaluation day (default: today in CDS_TIMEZONE)")
+
+
+def command(args: argparse.Namespace) -> int:
+    """``cds-service validate``: exit 0 when every fixture gives exactly its expected cards."""
+    from cds_service.tooling.fixtures import ManifestError
+
+    runtime = evaluation_runtime()
+    try:
+        report = run(args.fixtures, runtime.engine, args.on, args.only)
+    except (ManifestError, KeyError) as exc:
+        print(f"cds-service validate: {exc}", file=sys.stderr)
+        return 2
+    finally:
+        runtime.close()
     print(report.to_table())
     if args.markdown:
         args.markdown.parent.mkdir(parents=True, exist_ok=True)
         args.markdown.write_text(report.to_markdown(), encoding="utf-8")
         print(f"wrote {args.markdown}")
     return 0 if report.ok else 1
-
-
-if __name__ == "__main__":
-    sys.exit(main())

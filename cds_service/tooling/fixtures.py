@@ -19,7 +19,7 @@ leap days would otherwise turn "exactly 35 at onset" into "34".
 ``prefetch_for`` executes the service's prefetch templates against a fixture's resources, so tests,
 the validation report and the console can build full-prefetch requests without a FHIR server.
 
-Command line: ``python -m cds_service.fixtures requests`` regenerates fixtures/requests/.
+Command line: ``cds-service fixtures requests`` regenerates fixtures/requests/.
 """
 
 from __future__ import annotations
@@ -28,7 +28,6 @@ import argparse
 import copy
 import json
 import re
-import sys
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -40,16 +39,12 @@ from urllib.parse import parse_qsl
 import yaml
 
 from cds_service.clinical.dates import add_months, completed_years
+from cds_service.prefetch import render_template
+from cds_service.settings import PROJECT_ROOT
 
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
-FIXTURES_DIR = PROJECT_ROOT / "fixtures"
+FIXTURES_DIR = PROJECT_ROOT / "fixtures"  # a source checkout; an installed wheel takes --fixtures
 DEFAULT_ANCHOR = date(2026, 6, 1)
 HOOKS = ("patient-view", "order-select", "order-sign")
-SERVICE_IDS = {
-    "patient-view": "lbp-patient-view",
-    "order-select": "lbp-imaging-order-select",
-    "order-sign": "lbp-imaging-order-sign",
-}
 EXAMPLE_FHIR_SERVER = "http://127.0.0.1:8090/fhir"
 EXAMPLE_USER = "Practitioner/example-clinician"
 PLACEHOLDER_TOKEN = "placeholder-token-not-a-secret"
@@ -281,7 +276,7 @@ class Manifest:
         for spec in self.fixtures:
             if spec.slug == slug:
                 return spec
-        raise KeyError(slug)
+        raise KeyError(f"no fixture {slug!r} in the manifest")
 
 
 class ManifestError(ValueError):
@@ -300,6 +295,12 @@ def _as_date(value: Any, where: str) -> date:
 def load_manifest(fixtures_dir: Path | str = FIXTURES_DIR) -> Manifest:
     """Read fixtures/manifest.yaml (patients, their orders and the expected cards)."""
     fixtures_dir = Path(fixtures_dir)
+    if not (fixtures_dir / "manifest.yaml").is_file():
+        # an installed wheel carries no fixtures: they live in the source checkout's fixtures/
+        raise ManifestError(
+            f"no fixture manifest at {fixtures_dir / 'manifest.yaml'}: pass the fixtures directory of a source "
+            "checkout (e.g. `cds-service validate path/to/repo/fixtures`)"
+        )
     data = yaml.safe_load((fixtures_dir / "manifest.yaml").read_text(encoding="utf-8"))
     anchor = _as_date(data.get("anchor", DEFAULT_ANCHOR), "anchor")
     specs: list[FixtureSpec] = []
@@ -382,24 +383,6 @@ def load_fixture(
 
 class UnsupportedQuery(ValueError):
     """A prefetch template uses a search feature prefetch_for does not implement."""
-
-
-_TEMPLATE_TOKEN = re.compile(r"\{\{\s*context\.(\w+)\s*\}\}")
-
-
-def _fill(template: str, context: Mapping[str, Any]) -> str | None:
-    missing = False
-
-    def replace(match: re.Match[str]) -> str:
-        nonlocal missing
-        value = context.get(match.group(1))
-        if value in (None, ""):
-            missing = True
-            return ""
-        return str(value)
-
-    text = _TEMPLATE_TOKEN.sub(replace, template)
-    return None if missing else text
 
 
 def _codeable_concepts(resource: Mapping[str, Any], param: str) -> list[Any]:
@@ -552,7 +535,7 @@ def prefetch_for(
     """
     result: dict[str, Any] = {}
     for key, template in templates.items():
-        query = _fill(template, context)
+        query = render_template(template, dict(context))
         if query is None:
             continue
         if "?" not in query:
@@ -650,9 +633,8 @@ def write_example_requests(
     return written
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m cds_service.fixtures", description=__doc__.split("\n\n")[0])
-    sub = parser.add_subparsers(dest="command", required=True)
+def configure(parser: argparse.ArgumentParser) -> None:
+    sub = parser.add_subparsers(dest="fixtures_command", required=True)
     req = sub.add_parser("requests", help="regenerate the example CDS Hooks requests in fixtures/requests/")
     req.add_argument("--fixtures", type=Path, default=FIXTURES_DIR)
     req.add_argument("--out", type=Path, default=None, help="directory to write to (default: fixtures/requests)")
@@ -661,16 +643,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         default=None,
         help="YYYY-MM-DD or 'today' (default: keep the anchor dates, deterministic output)",
     )
-    args = parser.parse_args(argv)
+
+
+def command(args: argparse.Namespace) -> int:
+    """``cds-service fixtures requests``."""
     shift_to = None
     if args.shift_to == "today":
-        shift_to = date.today()
+        from cds_service.settings import Settings
+
+        shift_to = Settings.from_env().now().date()
     elif args.shift_to:
         shift_to = date.fromisoformat(args.shift_to)
     for path in write_example_requests(args.fixtures, shift_to, args.out):
         print(path)
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

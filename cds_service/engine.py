@@ -1,0 +1,217 @@
+"""The hook engine: one CDS Hooks request in, one answer out, for every caller.
+
+The HTTP adapter (``hooks_api``), ``cds-service evaluate``, the validation report, the console's
+review sheet and the in-process benchmark all call :class:`HookEngine`; none of them builds a
+second Flask app. The engine owns the protocol steps that do not depend on HTTP: request
+validation, prefetch resolution (fetching what is missing), the ``PatientRecord``, the clinical
+evaluation, card rendering and the served-card record. What it returns says everything the caller
+needs to answer and to log: status, body, the Decisions and the served-card rows built from them.
+
+Errors the client caused are raised as :class:`~cds_service.protocol.RequestError` (the adapter
+maps them to JSON); a 412 for data that cannot be had is an outcome, not an exception.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime
+from typing import TYPE_CHECKING, Any
+from zoneinfo import ZoneInfo
+
+from .clinical.model import Decision, EvaluationInput, PatientRecord
+from .metrics import CARDS_SERVED, FEEDBACK, PREFETCH_MISSING
+from .prefetch import resolve
+from .protocol import RequestError, validate_feedback, validate_request
+from .registry import ServiceDefinition
+from .store import ServedCard, StoreUnavailable
+
+if TYPE_CHECKING:  # the runtime builds the engine: no import at run time
+    from .runtime import Runtime
+
+log = logging.getLogger("cds_service.engine")
+
+
+@dataclass(frozen=True)
+class HookOutcome:
+    """The answer to one hook request and what was learnt while computing it."""
+
+    service: ServiceDefinition
+    status: int  # 200, or 412 when required data could not be had
+    body: dict[str, Any]
+    decisions: tuple[Decision, ...] = ()
+    served: tuple[ServedCard, ...] = ()
+    log_fields: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def cards(self) -> list[dict[str, Any]]:
+        return list(self.body.get("cards", []))
+
+
+@dataclass(frozen=True)
+class FeedbackOutcome:
+    status: int  # 200, or 503 when the store is unavailable
+    body: dict[str, Any]
+    log_fields: dict[str, Any] = field(default_factory=dict)
+
+
+class HookEngine:
+    """Built once per process around the start-up :class:`Runtime`; thread-safe (no per-call state)."""
+
+    def __init__(self, runtime: Runtime) -> None:
+        self.runtime = runtime
+        self.timezone = ZoneInfo(runtime.settings.timezone)
+
+    # ---- discovery --------------------------------------------------------------------------
+
+    def discovery(self) -> dict[str, Any]:
+        return {"services": [s.discovery() for s in self.runtime.services.values()]}
+
+    def service(self, service_id: str) -> ServiceDefinition:
+        service = self.runtime.services.get(service_id)
+        if service is None:
+            raise RequestError(404, f"no CDS service with id {service_id!r}; see GET /cds-services", "id",
+                               "unknown-service")
+        return service
+
+    def service_for_hook(self, hook: str | None) -> ServiceDefinition:
+        for service in self.runtime.services.values():
+            if service.hook == hook:
+                return service
+        raise RequestError(404, f"no CDS service handles hook {hook!r}", "hook", "unknown-hook")
+
+    def now(self) -> datetime:
+        """The evaluation instant in the site's time zone (CDS_TIMEZONE): "today" is its date."""
+        return self.runtime.settings.now()
+
+    def as_site_time(self, when: datetime | date | None) -> datetime:
+        """*when* as an aware datetime in the site zone; a bare date means that day's noon."""
+        if when is None:
+            return self.now()
+        if isinstance(when, datetime):
+            return when.astimezone(self.timezone) if when.tzinfo else when.replace(tzinfo=self.timezone)
+        return datetime(when.year, when.month, when.day, 12, tzinfo=self.timezone)
+
+    # ---- invocation -------------------------------------------------------------------------
+
+    def invoke(
+        self,
+        service_id: str,
+        body: Any,
+        auth: Any = None,
+        *,
+        now: datetime | date | None = None,
+        deadline: float | None = None,
+        record: bool = True,
+    ) -> HookOutcome:
+        """Answer one hook request.
+
+        *auth* is the caller's ``AuthContext`` (its per-issuer FHIR allowlist applies); *deadline* a
+        ``time.monotonic()`` instant by which every FHIR call must be done (default: now + the
+        configured deadline); *record* False for evaluations that are not clinical use (validation,
+        review, simulation): nothing is written to the served-card store.
+        """
+        rt = self.runtime
+        service = self.service(service_id)
+        validate_request(body, service.hook)
+        started = time.monotonic()
+        when = self.as_site_time(now)
+        fields: dict[str, Any] = {"service": service.id, "hook": service.hook, "hook_instance": body["hookInstance"]}
+
+        context = body["context"]
+        allowlist = auth.fhir_allowlist if auth is not None and auth.fhir_allowlist else rt.settings.fhir_allowlist
+        resolved = resolve(
+            service.prefetch,
+            body,
+            rt.fhir,
+            allowlist,
+            deadline=deadline if deadline is not None else started + rt.settings.deadline_seconds,
+            allow_open_servers=rt.settings.allow_open_fhir_servers,
+            follow_paging={key: key not in service.first_page_only for key in service.prefetch},
+        )
+        missing_keys = [m.key for m in resolved.missing]
+        for key in missing_keys:
+            PREFETCH_MISSING.labels(key).inc()
+        fields.update(fetched_keys=resolved.fetched_keys, missing_keys=missing_keys)
+        if resolved.missing and rt.settings.on_missing_data == "412":
+            return HookOutcome(
+                service,
+                412,
+                {
+                    "error": "prefetch-unavailable",
+                    "message": "required FHIR data is neither in prefetch nor obtainable from the FHIR server",
+                    "missing": [m.as_json() for m in resolved.missing],
+                },
+                log_fields=fields,
+            )
+
+        record_ = PatientRecord(
+            patient_id=context["patientId"],
+            patient=resolved.patient(),
+            resources=tuple(resolved.all_resources()),
+            draft_orders=tuple(entry["resource"] for entry in (context.get("draftOrders") or {}).get("entry", [])),
+            selections=tuple(context.get("selections", ())),
+            encounter_id=context.get("encounterId"),
+            user_id=context.get("userId"),
+            missing=tuple(missing_keys),
+        )
+        decisions = tuple(service.evaluate(EvaluationInput(hook=service.hook, record=record_, now=when)))
+        cards = [rt.catalog.render(decision, record_) for decision in decisions]
+        served = tuple(
+            ServedCard(
+                card_uuid=card["uuid"],
+                service_id=service.id,
+                hook=service.hook,
+                hook_instance=body["hookInstance"],
+                topic=decision.topic,
+                indicator=card["indicator"],
+                suggestion_uuids=tuple(s["uuid"] for s in card.get("suggestions", [])),
+            )
+            for decision, card in zip(decisions, cards, strict=True)
+        )
+        if record:
+            self._record_served(served, record_.patient_id, when)
+        fields.update(card_topics=[c.topic for c in served], card_ids=[c.card_uuid for c in served])
+        return HookOutcome(service, 200, {"cards": cards}, decisions, served, fields)
+
+    def _record_served(self, served: tuple[ServedCard, ...], patient_id: str, when: datetime) -> None:
+        store = self.runtime.store
+        if store is not None:
+            try:
+                store.record_served(served, patient_id, when.astimezone(UTC))
+            except StoreUnavailable:
+                # Cards need no database: the clinician still gets them; only analytics lose this row.
+                log.warning(
+                    "served cards not recorded: database unavailable", extra={"card_ids": [c.card_uuid for c in served]}
+                )
+        for card in served:
+            CARDS_SERVED.labels(card.service_id, card.topic).inc()
+
+    # ---- feedback ---------------------------------------------------------------------------
+
+    def feedback(self, service_id: str, body: Any, auth: Any = None) -> FeedbackOutcome:
+        service = self.service(service_id)
+        validate_feedback(body)
+        fields = {"service": service.id, "card_ids": [item["card"] for item in body["feedback"]]}
+        store = self.runtime.store
+        try:
+            if store is None:
+                raise StoreUnavailable("no feedback store in this process")
+            stored = store.record_feedback(service.id, body["feedback"], datetime.now(UTC))
+        except StoreUnavailable:
+            return FeedbackOutcome(
+                503, {"error": "store-unavailable", "message": "feedback could not be stored; retry later"}, fields
+            )
+        for item, ack in zip(body["feedback"], stored, strict=True):
+            FEEDBACK.labels(service.id, item["outcome"], ack.get("flag", "none")).inc()
+        return FeedbackOutcome(200, {"feedback": stored}, fields)
+
+
+def topics(outcome: HookOutcome | Mapping[str, Any]) -> list[str]:
+    """The card topics of an answer, sorted (for comparisons with expected topics)."""
+    if isinstance(outcome, HookOutcome):
+        return sorted(d.topic for d in outcome.decisions)
+    cards = outcome.get("cards", []) if isinstance(outcome, Mapping) else []
+    return sorted(str(card.get("source", {}).get("topic", {}).get("code", "?")) for card in cards)
