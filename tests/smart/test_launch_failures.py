@@ -298,3 +298,42 @@ def test_patient_scoped_token_reads_only_its_patient(service: Service, ehr: Ehr)
     other = requests.get(f"{ehr.harness.iss}/Condition?patient=someone-else", headers=headers, timeout=HTTP_TIMEOUT)
     everyone = requests.get(f"{ehr.harness.iss}/Condition", headers=headers, timeout=HTTP_TIMEOUT)
     assert [own.status_code, other.status_code, everyone.status_code] == [200, 403, 403]
+
+
+def test_open_mode_needs_no_token_and_answers_cors(service: Service, ehr: Ehr) -> None:
+    """The CDS Hooks sandbox's open launch: FHIR without a token, CORS from the sandbox's origin,
+    and the app still launches (the EHR still runs the OAuth dance)."""
+    patient = ehr.patients[AXSPA_SLUG].patient_id
+    with EhrLaunchServer(ehr.fhir.base_url, ehr.fhir.token, open_mode=True) as harness:
+        read = requests.get(
+            f"{harness.iss}/Patient/{patient}", timeout=HTTP_TIMEOUT, headers={"Origin": "http://localhost:8080"}
+        )
+        preflight = requests.options(
+            f"{harness.iss}/_services/smart/Launch",
+            timeout=HTTP_TIMEOUT,
+            headers={"Origin": "http://localhost:8080", "Access-Control-Request-Method": "POST"},
+        )
+        launch = requests.post(
+            f"{harness.iss}/_services/smart/Launch",
+            timeout=HTTP_TIMEOUT,
+            json={"launchUrl": f"{service.url}/smart/launch", "parameters": {"patient": patient}},
+        )
+        with requests.Session() as browser:
+            html = open_form(browser, service, ehr, harness)
+    assert read.status_code == 200 and read.json()["id"] == patient
+    assert read.headers["Access-Control-Allow-Origin"] == "http://localhost:8080"
+    assert preflight.status_code == 204 and "POST" in preflight.headers["Access-Control-Allow-Methods"]
+    assert launch.status_code == 200 and launch.json()["launch_id"]
+    assert 'id="assessment"' in html
+
+
+def test_secured_mode_refuses_a_missing_token_and_a_launch_without_patient(ehr: Ehr) -> None:
+    no_token = requests.get(f"{ehr.harness.iss}/Patient", timeout=HTTP_TIMEOUT)
+    no_patient = requests.post(
+        f"{ehr.harness.iss}/_services/smart/Launch",
+        json={"parameters": {}},
+        headers={"Authorization": f"Bearer {ehr.fhir.token}"},
+        timeout=HTTP_TIMEOUT,
+    )
+    assert no_token.status_code == 401 and no_token.json()["resourceType"] == "OperationOutcome"
+    assert no_patient.status_code == 400 and no_patient.json()["field"] == "parameters.patient"
