@@ -16,6 +16,7 @@ import secrets
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import requests
@@ -71,14 +72,14 @@ class SmartApp:
 
 def init_app(app: Flask, settings: Settings, environ: dict[str, str] | None = None) -> None:
     """Register /smart/ when the app can run: a shared secret (CDS_SMART_SECRET_KEY), or development,
-    where a per-process secret is made (one process only)."""
+    where one is made in the data directory."""
     env = os.environ if environ is None else environ
     secret = env.get("CDS_SMART_SECRET_KEY")
     if not secret:
         if settings.environment != "development":
             log.info("SMART app off: CDS_SMART_SECRET_KEY is not set")
             return
-        secret = secrets.token_urlsafe(32)
+        secret = _development_secret(Path(settings.data_dir))
     rt = app.extensions["cds"]
     issuer_lists = [i.fhir_allowlist or () for i in rt.authenticator.issuers.values()]
     allowlist = tuple(dict.fromkeys([*settings.fhir_allowlist, *(p for lst in issuer_lists for p in lst)]))
@@ -90,6 +91,25 @@ def init_app(app: Flask, settings: Settings, environ: dict[str, str] | None = No
         allowlist=allowlist,
     )
     app.register_blueprint(bp)
+
+
+def _development_secret(data_dir: Path) -> str:
+    """One secret for every worker of a development server (`make serve` runs several): made once in
+    the data directory, readable by its owner only."""
+    path = data_dir / "smart-secret.key"
+    data_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        for _ in range(50):  # another worker is writing it
+            text = path.read_text().strip()
+            if text:
+                return text
+            time.sleep(0.02)
+        raise RuntimeError(f"{path} is empty") from None
+    with os.fdopen(fd, "w") as handle:
+        handle.write(secrets.token_urlsafe(32))
+    return path.read_text().strip()
 
 
 def _smart() -> SmartApp:

@@ -87,7 +87,7 @@ def start_service(data_dir: Path, **env: str) -> Service:
         "CDS_PUBLIC_BASE_URL": url,
         **env,
     }
-    # development: the /smart/ cookies are sealed with a per-process secret (one process here)
+    # development: the /smart/ cookies are sealed with a secret made in the data directory
     app = create_app(Settings.from_env(environ))
     server = make_server("127.0.0.1", port, app, threaded=True)
     thread = threading.Thread(target=server.serve_forever, name=f"smart-service-{port}", daemon=True)
