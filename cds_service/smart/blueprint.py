@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import secrets
 import time
 from dataclasses import dataclass
@@ -46,6 +47,7 @@ SMART_CSP = (
     "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; connect-src 'self'; "
     "form-action 'self'; base-uri 'none'; frame-ancestors 'none'"
 )
+FHIR_ID = re.compile(r"[A-Za-z0-9\-.]{1,64}")  # FHIR R4 id: it goes into search URLs and references
 AUTH_COOKIE = "smart_auth"
 SESSION_COOKIE = "smart_s_"
 AUTH_SECONDS = 600
@@ -184,7 +186,7 @@ def callback() -> Response:
     except oauth.LaunchError as exc:
         return _message("Launch failed", exc.message, exc.status)
     patient = token.get("patient")
-    if not isinstance(patient, str) or not patient:
+    if not isinstance(patient, str) or not FHIR_ID.fullmatch(patient):
         return _message("No patient", "The EHR did not say which patient this launch is for.", 400)
     asked: list[str] = []
     if isinstance(token.get("appContext"), str):

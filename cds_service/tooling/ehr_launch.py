@@ -30,13 +30,15 @@ import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import parse_qs, urlencode, urlsplit
+from urllib.parse import urlencode
 
 import jwt
 import requests
 from cryptography.hazmat.primitives.asymmetric import rsa
 from werkzeug import Request, Response
 from werkzeug.serving import BaseWSGIServer, WSGIRequestHandler, make_server
+
+from .ehr_scopes import scope_refusal
 
 HOST = "127.0.0.1"
 FHIR_JSON = "application/fhir+json"
@@ -54,8 +56,6 @@ SCOPES_SUPPORTED = (
     "patient/QuestionnaireResponse.cu",
     "patient/QuestionnaireResponse.rs",
 )
-# Parameters that carry the patient in a search, per the R4 compartment (the prefetch searches use these).
-PATIENT_PARAMS = ("patient", "subject", "_id")
 PROXIED_HEADERS = ("Content-Type", "Location", "ETag", "Last-Modified")
 
 
@@ -339,7 +339,7 @@ class EhrLaunchServer:
                 return _outcome(
                     401, "login", "access token missing, unknown or expired", {"WWW-Authenticate": "Bearer"}
                 )
-            refusal = _scope_refusal(grant, request, rest)
+            refusal = scope_refusal(grant.scope, grant.patient, request, rest)
             if refusal:
                 return _outcome(403, "forbidden", refusal)
         if self.refuse_writes and request.method in {"POST", "PUT", "PATCH", "DELETE"}:
@@ -366,47 +366,6 @@ class EhrLaunchServer:
             if name in upstream.headers:
                 response.headers[name] = upstream.headers[name].replace(self.fhir_base, self.iss)
         return response
-
-
-def _scope_refusal(grant: Grant, request: Request, rest: str) -> str | None:
-    """Why a patient-scoped token may not make this request (None = allowed)."""
-    parts = [p for p in rest.split("/") if p]
-    if not parts:
-        return "system-level requests need a system token"
-    rtype = parts[0]
-    write = request.method in {"POST", "PUT", "PATCH", "DELETE"}
-    needed = "c" if request.method == "POST" else "u" if write else ("r" if len(parts) > 1 else "s")
-    if not any(_scope_allows(s, rtype, needed) for s in grant.scope.split()):
-        return f"scope does not allow {needed} on {rtype}"
-    patient = grant.patient or ""
-    if write:
-        try:
-            body = json.loads(request.get_data() or b"{}")
-        except ValueError:
-            return "unreadable body"
-        subject = ((body.get("subject") or {}).get("reference") or "") if isinstance(body, dict) else ""
-        return None if subject == f"Patient/{patient}" else "a patient-scoped token writes only for its patient"
-    if len(parts) > 1:
-        return None if rtype != "Patient" or parts[1] == patient else "another patient"
-    values = {p: v for p, vs in parse_qs(urlsplit(request.url).query).items() for v in vs if p in PATIENT_PARAMS}
-    wanted = {patient, f"Patient/{patient}"}
-    if any(v in wanted for v in values.values()) and all(v in wanted for v in values.values()):
-        return None
-    return "a patient-scoped search must name the token's patient"
-
-
-def _scope_allows(scope: str, rtype: str, needed: str) -> bool:
-    context, _, rest = scope.partition("/")
-    if context != "patient" or not rest:
-        return False
-    name, _, perms = rest.partition(".")
-    if name not in {"*", rtype}:
-        return False
-    if perms in {"read", "*"}:  # SMART v1 spellings
-        return needed in "rs" or perms == "*"
-    if perms == "write":
-        return needed in "cud"
-    return needed in perms
 
 
 def _bearer(request: Request) -> str | None:

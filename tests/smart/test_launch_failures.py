@@ -337,3 +337,17 @@ def test_secured_mode_refuses_a_missing_token_and_a_launch_without_patient(ehr: 
     )
     assert no_token.status_code == 401 and no_token.json()["resourceType"] == "OperationOutcome"
     assert no_patient.status_code == 400 and no_patient.json()["field"] == "parameters.patient"
+
+
+def test_a_patient_id_that_is_not_a_fhir_id_is_refused(service: Service, ehr: Ehr) -> None:
+    """The token's patient goes into search URLs: "p1&_id=p2" must not become a second parameter."""
+    launch_id = ehr.harness.new_launch("p1&_id=p2")
+    with requests.Session() as browser:
+        response = browser.get(
+            f"{service.url}/smart/launch",
+            params={"iss": ehr.harness.iss, "launch": launch_id},
+            allow_redirects=False,
+            timeout=HTTP_TIMEOUT,
+        )
+        page = browser.get(authorize(browser, response.headers["Location"]), timeout=HTTP_TIMEOUT)
+    assert page.status_code == 400 and "which patient" in page.text
