@@ -21,6 +21,7 @@ from cds_service.runtime import Runtime
 from cds_service.tooling.fixtures import FIXTURES_DIR, UnsupportedQuery
 
 from . import TRUSTED_TYPES_POLICY, bp
+from .ehr import with_app_answers
 from .markdown import render_markdown
 from .preview import (
     HOOKS,
@@ -157,6 +158,7 @@ def api_request() -> Response:
             source = bundle_source(body["bundle"])
         else:
             source = fixture_source(read_manifest(_fixtures_dir()), body.get("fixture"), today)
+        source = with_app_answers(source)  # what the assessment app wrote from this console (ehr.py)
         built = build_request(source, body.get("hook"), _services(), body.get("orders"), today)
     except ConsoleInputError as exc:
         return _error(exc.message, exc.status, exc.field)
