@@ -83,7 +83,8 @@ def init_app(app: Flask, settings: Settings, environ: dict[str, str] | None = No
             return
         secret = _development_secret(Path(settings.data_dir))
     rt = app.extensions["cds"]
-    issuer_lists = [i.fhir_allowlist or () for i in rt.authenticator.issuers.values()]
+    issuers = getattr(rt.authenticator, "issuers", None) or {}  # the issuers file's per-issuer FHIR allowlists
+    issuer_lists = [getattr(i, "fhir_allowlist", None) or () for i in issuers.values()]
     allowlist = tuple(dict.fromkeys([*settings.fhir_allowlist, *(p for lst in issuer_lists for p in lst)]))
     app.extensions["cds_smart"] = SmartApp(
         settings=settings,
@@ -254,7 +255,7 @@ def _render_form(
 @bp.get("/app")
 def form_page() -> Response:
     session_id, data = _session()
-    if data is None:
+    if data is None or (data.get("exp") is not None and data["exp"] < time.time()):
         return _message("Session ended", "This launch has ended. Launch the app again from the EHR.", 401)
     app = _smart()
     rt = current_app.extensions["cds"]
@@ -346,13 +347,16 @@ def save() -> Response:
         upstream = None
     if upstream is None or upstream.status_code not in (200, 201):
         message, status = _save_failure(upstream)
-        log.warning("smart save failed", extra={"status": getattr(upstream, "status_code", None)})
+        log.warning(
+            "smart save failed",
+            extra={"fhir_status": getattr(upstream, "status_code", None), "resource_type": "QuestionnaireResponse"},
+        )
         return again(message, status)
     saved_id = None
     try:
         saved_id = upstream.json().get("id")
     except ValueError:
         pass
-    log.info("smart questionnaire response saved", extra={"items": len(answers)})
+    log.info("smart questionnaire response saved", extra={"resource_type": "QuestionnaireResponse"})
     html = render_template("smart/saved.html", count=len(answers), saved_id=saved_id)
     return Response(html, 201, mimetype="text/html")

@@ -38,3 +38,20 @@ def test_production_serves_the_app_only_with_a_configured_secret(tmp_path: Path)
     with_secret.extensions["cds"] = without.extensions["cds"]
     init_app(with_secret, settings, environ={"CDS_SMART_SECRET_KEY": "s" * 32, "CDS_SMART_CLIENT_ID": "site-app"})
     assert with_secret.extensions["cds_smart"].client_id == "site-app" and "smart" in with_secret.blueprints
+
+
+def test_issuers_file_fhir_allowlists_admit_their_ehrs(tmp_path: Path) -> None:
+    from cds_service.urls import url_allowed
+
+    issuers = tmp_path / "issuers.yaml"
+    issuers.write_text(
+        "issuers:\n"
+        "  - iss: https://ehr.example.org\n"
+        "    jku_allowlist: [https://ehr.example.org/jwks.json]\n"
+        "    fhir_allowlist: [https://ehr.example.org/fhir]\n"
+    )
+    app = app_for(tmp_path, issuers_file=issuers, auth_mode="optional")  # issuers are read when auth is on
+    allowlist = app.extensions["cds_smart"].allowlist
+    assert url_allowed("https://ehr.example.org/fhir", allowlist)
+    assert url_allowed("http://127.0.0.1:9999/fhir", allowlist)  # the global list still counts
+    assert not url_allowed("https://ehr.example.org.evil.example/fhir", allowlist)
