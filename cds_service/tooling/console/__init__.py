@@ -50,4 +50,4 @@ def console_headers(response: Response) -> Response:
     return response
 
 
-from . import ehr, routes  # noqa: E402,F401  (register the views on bp)
+from . import routes  # noqa: E402,F401  (registers the views on bp)

@@ -1,6 +1,6 @@
 """The console as the EHR for the assessment app: a card's `smart` link can be followed from the preview.
 
-`POST /console/api/smart-launch` puts the previewed patient (fixture or pasted Bundle, synthetic data
+`POST /console/api/smart-launch` (routes.py) puts the previewed patient (fixture or pasted Bundle, synthetic data
 only) into a small in-memory FHIR server, registers the launch with an EHR launch layer in front of
 it (`cds_service.tooling.ehr_launch`, the same one the tests use) and answers the URL to open:
 `<link url>?launch=<id>&iss=<that FHIR base>`. The app then runs its real SMART launch and writes its
@@ -21,17 +21,15 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
 
-from flask import Response, current_app
+from flask import current_app
 from werkzeug import Request
 from werkzeug import Response as WerkzeugResponse
 from werkzeug.serving import BaseWSGIServer, make_server
 
-from cds_service.hooks_api import json_response
 from cds_service.tooling.ehr_launch import HOST, EhrLaunchServer, _QuietHandler
 from cds_service.tooling.fixtures import UnsupportedQuery, search
 
-from . import bp
-from .preview import CONSOLE_USER, ConsoleInputError, PatientSource, bundle_source, fixture_source, read_manifest
+from .preview import CONSOLE_USER, ConsoleInputError, PatientSource
 
 FHIR_JSON = "application/fhir+json"
 WRITABLE = {"QuestionnaireResponse"}
@@ -125,7 +123,10 @@ class ConsoleEhr:
 
     # ------------------------------------------------------------------ launching
 
-    def launch(self, source: PatientSource, link: dict[str, Any]) -> str:
+    def launch(self, source: PatientSource, link: Any) -> str:
+        """Register the launch for the previewed patient; the URL the browser opens (launch + iss)."""
+        if not isinstance(link, dict) or not str(link.get("url", "")).startswith(("http://", "https://")):
+            raise ConsoleInputError("link must be the card's smart link with an http(s) url", "link")
         harness = self.start()
         self.patients[source.patient_id] = list(source.resources)
         context = link.get("appContext") if isinstance(link.get("appContext"), str) else None
@@ -149,25 +150,3 @@ def with_app_answers(source: PatientSource) -> PatientSource:
     """The patient's data plus what the assessment app wrote for them from this console."""
     written = console_ehr().written(source.patient_id)
     return replace(source, resources=[*source.resources, *written]) if written else source
-
-
-@bp.post("/api/smart-launch")
-def api_smart_launch() -> Response:
-    """Follow a card's smart link as the EHR: register the launch, answer the URL to open."""
-    from .routes import _error, _fixtures_dir, _json_body, _today
-
-    body, error = _json_body()
-    if error:
-        return error
-    assert body is not None
-    link = body.get("link")
-    if not isinstance(link, dict) or not str(link.get("url", "")).startswith(("http://", "https://")):
-        return _error("link must be the card's smart link with an http(s) url", 400, "link")
-    try:
-        if "bundle" in body:
-            source = bundle_source(body["bundle"])
-        else:
-            source = fixture_source(read_manifest(_fixtures_dir()), body.get("fixture"), _today())
-    except ConsoleInputError as exc:
-        return _error(exc.message, exc.status, exc.field)
-    return json_response({"url": console_ehr().launch(source, link)})

@@ -21,7 +21,7 @@ from cds_service.runtime import Runtime
 from cds_service.tooling.fixtures import FIXTURES_DIR, UnsupportedQuery
 
 from . import TRUSTED_TYPES_POLICY, bp
-from .ehr import with_app_answers
+from .ehr import console_ehr, with_app_answers
 from .markdown import render_markdown
 from .preview import (
     HOOKS,
@@ -168,6 +168,23 @@ def api_request() -> Response:
         {"serviceId": built.service_id, "request": built.request, "expected": built.expected,
          "source": source.label}
     )
+
+
+@bp.post("/api/smart-launch")
+def api_smart_launch() -> Response:
+    """Follow a card's smart link as the EHR (ehr.py): register the launch, answer the URL to open."""
+    body, error = _json_body()
+    if error:
+        return error
+    assert body is not None
+    try:
+        if "bundle" in body:
+            source = bundle_source(body["bundle"])
+        else:
+            source = fixture_source(read_manifest(_fixtures_dir()), body.get("fixture"), _today())
+        return json_response({"url": console_ehr().launch(source, body.get("link"))})
+    except ConsoleInputError as exc:
+        return _error(exc.message, exc.status, exc.field)
 
 
 @bp.post("/api/markdown")
