@@ -20,13 +20,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import requests
 from flask import Blueprint, Flask, Response, current_app, redirect, render_template, request
 
 from cds_service.settings import Settings
 from cds_service.urls import url_allowed
 
-from . import oauth
+from . import oauth, writeback
 from .form import (
     FormError,
     build_form,
@@ -53,10 +52,6 @@ SESSION_COOKIE = "smart_s_"
 AUTH_SECONDS = 600
 SESSION_SECONDS = 8 * 3600  # the access token's own expiry usually ends it sooner
 DEFAULT_CLIENT_ID = "lbp-assessment"
-EXPIRED = (
-    "The EHR no longer accepts this launch's access (the token expired or was revoked), so nothing was saved. "
-    "Launch the app again from the EHR; your answers are kept below."
-)
 
 
 @dataclass(frozen=True)
@@ -196,14 +191,15 @@ def callback() -> Response:
             asked = [str(x) for x in context.get("linkIds", [])][:50] if isinstance(context, dict) else []
         except ValueError:
             asked = []
-    expires_in = token.get("expires_in")
     session_id = secrets.token_urlsafe(12)
     data = {
         "iss": pending["iss"],
         "patient": patient,
         "user": oauth.fhir_user(token, config, client.client_id, client.timeout),
         "token": token["access_token"],
-        "exp": time.time() + float(expires_in) if isinstance(expires_in, int | float) else None,
+        "exp": writeback.expires_at(token),
+        "refresh": token.get("refresh_token"),
+        "token_endpoint": pending["token_endpoint"],
         "asked": asked,
     }
     response = redirect(f"/smart/app?s={session_id}", 303)
@@ -227,6 +223,21 @@ def _relative_user(user: str | None, iss: str) -> str | None:
     return user
 
 
+def patient_banner(patient: dict[str, Any] | None) -> str:
+    """Name, gender and birth date for the banner the EHR asks for (need_patient_banner)."""
+    if not patient:
+        return ""
+    names = patient.get("name") or [{}]
+    name = names[0] if isinstance(names, list) and names and isinstance(names[0], dict) else {}
+    text = name.get("text") or " ".join([*(name.get("given") or []), name.get("family") or ""]).strip()
+    parts = [
+        text or "Name not recorded",
+        patient.get("gender"),
+        f"born {patient['birthDate']}" if patient.get("birthDate") else None,
+    ]
+    return " · ".join(str(p) for p in parts if p)[:200]
+
+
 def _render_form(
     session_id: str,
     data: dict[str, Any],
@@ -235,6 +246,7 @@ def _render_form(
     status: int = 200,
     read_note: str | None = None,
     prefilled: dict | None = None,
+    banner: str | None = None,
 ) -> Response:
     app = _smart()
     asked, rest = build_form(app.questionnaire, submitted, prefilled or {}, data.get("asked") or [])
@@ -248,16 +260,26 @@ def _render_form(
         error=error,
         read_note=read_note,
         version=app.questionnaire.get("version"),
+        banner=banner if banner is not None else str(request.form.get("banner") or "")[:200],
     )
     return Response(html, status, mimetype="text/html")
+
+
+def _keep_session(response: Response, session_id: str, data: dict[str, Any]) -> Response:
+    """Store the session again (after its token was renewed)."""
+    _set_cookie(response, SESSION_COOKIE + session_id, _smart().sealer.seal(data), SESSION_SECONDS, "/smart")
+    return response
 
 
 @bp.get("/app")
 def form_page() -> Response:
     session_id, data = _session()
-    if data is None or (data.get("exp") is not None and data["exp"] < time.time()):
-        return _message("Session ended", "This launch has ended. Launch the app again from the EHR.", 401)
     app = _smart()
+    renewed = data is not None and writeback.expired(data)
+    if renewed:
+        data = writeback.renewed(data, app.client())
+    if data is None:
+        return _message("Session ended", "This launch has ended. Launch the app again from the EHR.", 401)
     rt = current_app.extensions["cds"]
     record, failed = read_record(
         rt.fhir,
@@ -274,19 +296,10 @@ def form_page() -> Response:
             f"{r.key} ({r.reason})" for r in failed
         )
     prefilled = prefill(record, rt.knowledge, datetime.now(UTC))
-    return _render_form(session_id, data, None, None, read_note=read_note, prefilled=prefilled)
-
-
-def _save_failure(response: requests.Response | None) -> tuple[str, int]:
-    if response is None:
-        return "The EHR's FHIR server did not answer, so nothing was saved. Try again.", 502
-    if response.status_code == 401:
-        return EXPIRED, 401
-    if response.status_code == 403:
-        return "The EHR refused to store the assessment (HTTP 403: not permitted), so nothing was saved.", 403
-    if response.status_code >= 500:
-        return f"The EHR's FHIR server failed (HTTP {response.status_code}), so nothing was saved. Try again.", 502
-    return f"The EHR rejected the assessment (HTTP {response.status_code}), so nothing was saved.", 502
+    response = _render_form(
+        session_id, data, None, None, read_note=read_note, prefilled=prefilled, banner=patient_banner(record.patient)
+    )
+    return _keep_session(response, session_id, data) if renewed else response
 
 
 def _same_site_post(app: SmartApp) -> bool:
@@ -324,34 +337,33 @@ def save() -> Response:
         return again(
             "Nothing new to save: answer a question (answers the record already shows are not saved again).", 422
         )
-    if data.get("exp") is not None and data["exp"] < time.time():
-        return again(EXPIRED, 401)
+    client = app.client()
+    renewed = False
+    if writeback.expired(data):
+        renewal = writeback.renewed(data, client)
+        if renewal is None:
+            return again(writeback.EXPIRED, 401)
+        data, renewed = renewal, True
     if not url_allowed(data["iss"], app.allowlist):  # the allowlist may have changed since the launch
         return again("This FHIR server is no longer allowed.", 403)
     resource = build_response(
         app.questionnaire, answers, data["patient"], datetime.now(UTC), _relative_user(data.get("user"), data["iss"])
     )
-    try:
-        upstream: requests.Response | None = requests.post(
-            f"{data['iss']}/QuestionnaireResponse",
-            json=resource,
-            headers={
-                "Authorization": f"Bearer {data['token']}",
-                "Content-Type": "application/fhir+json",
-                "Accept": "application/fhir+json",
-            },
-            timeout=app.settings.fhir_timeout_seconds,
-            allow_redirects=False,
-        )
-    except requests.RequestException:
-        upstream = None
+    timeout = app.settings.fhir_timeout_seconds
+    upstream = writeback.post_response(data["iss"], data["token"], resource, timeout)
+    if upstream is not None and upstream.status_code == 401 and not renewed:  # expired early, or revoked
+        renewal = writeback.renewed(data, client)
+        if renewal is not None:
+            data, renewed = renewal, True
+            upstream = writeback.post_response(data["iss"], data["token"], resource, timeout)
     if upstream is None or upstream.status_code not in (200, 201):
-        message, status = _save_failure(upstream)
+        message, status = writeback.failure(upstream)
         log.warning(
             "smart save failed",
             extra={"fhir_status": getattr(upstream, "status_code", None), "resource_type": "QuestionnaireResponse"},
         )
-        return again(message, status)
+        response = again(message, status)
+        return _keep_session(response, session_id, data) if renewed else response
     saved_id = None
     try:
         saved_id = upstream.json().get("id")
@@ -359,4 +371,5 @@ def save() -> Response:
         pass
     log.info("smart questionnaire response saved", extra={"resource_type": "QuestionnaireResponse"})
     html = render_template("smart/saved.html", count=len(answers), saved_id=saved_id)
-    return Response(html, 201, mimetype="text/html")
+    response = Response(html, 201, mimetype="text/html")
+    return _keep_session(response, session_id, data) if renewed else response

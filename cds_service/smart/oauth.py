@@ -26,7 +26,7 @@ from cds_service.urls import check_service_url
 log = logging.getLogger("cds_service.smart")
 
 SCOPE = (
-    "launch openid fhirUser patient/Patient.r patient/Condition.rs patient/Observation.rs "
+    "launch openid fhirUser online_access patient/Patient.r patient/Condition.rs patient/Observation.rs "
     "patient/MedicationRequest.rs patient/QuestionnaireResponse.crs"
 )
 STANDALONE_SCOPE = SCOPE.replace("launch ", "launch/patient ", 1)
@@ -132,6 +132,20 @@ def exchange_code(
     if not token.get("access_token"):
         raise LaunchError("The EHR's token response has no access token.", 502)
     return dict(token)
+
+
+def refresh(client: ClientConfig, token_endpoint: str, refresh_token: str) -> dict[str, Any] | None:
+    """A new token response for an expired access token (SMART `online_access`), or None when the EHR
+    refuses (the user's EHR session ended, the refresh token was revoked) or does not answer."""
+    session = OAuth2Session(client.client_id, token_endpoint_auth_method="none")
+    try:
+        token = session.refresh_token(token_endpoint, refresh_token=refresh_token, timeout=client.timeout)
+    except (OAuth2Error, OAuthError, requests.RequestException) as exc:
+        log.warning("smart token refresh refused", extra={"error": type(exc).__name__})
+        return None
+    finally:
+        session.close()
+    return dict(token) if token.get("access_token") else None
 
 
 def fhir_user(token: dict[str, Any], config: dict[str, Any], client_id: str, timeout: float) -> str | None:

@@ -28,7 +28,7 @@ import json
 import secrets
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 from urllib.parse import urlencode
 
@@ -49,6 +49,7 @@ SCOPES_SUPPORTED = (
     "fhirUser",
     "launch",
     "launch/patient",
+    "online_access",
     "patient/*.rs",
     "patient/Patient.r",
     "patient/Condition.rs",
@@ -95,6 +96,7 @@ class EhrLaunchServer:
     launches: dict[str, dict[str, Any]] = field(default_factory=dict)
     codes: dict[str, Grant] = field(default_factory=dict)
     tokens: dict[str, Grant] = field(default_factory=dict)
+    refresh_tokens: dict[str, Grant] = field(default_factory=dict)  # for scopes with online_access
 
     def __post_init__(self) -> None:
         self.fhir_base = self.fhir_base.rstrip("/")
@@ -149,9 +151,16 @@ class EhrLaunchServer:
         return launch_id
 
     def expire_tokens(self) -> None:
-        """Every access token issued so far stops working (as after its lifetime)."""
+        """Every access token issued so far stops working (as after its lifetime); refresh tokens still work."""
         with self._lock:
             for grant in self.tokens.values():
+                grant.expires_at = 0.0
+
+    def end_sessions(self) -> None:
+        """The user's EHR session ends: access and refresh tokens stop working."""
+        self.expire_tokens()
+        with self._lock:
+            for grant in self.refresh_tokens.values():
                 grant.expires_at = 0.0
 
     # ------------------------------------------------------------------ WSGI
@@ -268,6 +277,8 @@ class EhrLaunchServer:
 
     def _token(self, request: Request) -> Response:
         form = request.form
+        if form.get("grant_type") == "refresh_token":
+            return self._refresh(form)
         if form.get("grant_type") != "authorization_code":
             return _json({"error": "unsupported_grant_type"}, 400)
         with self._lock:
@@ -282,17 +293,28 @@ class EhrLaunchServer:
         challenge = base64.urlsafe_b64encode(hashlib.sha256(verifier.encode()).digest()).rstrip(b"=").decode()
         if not verifier or not hmac.compare_digest(challenge, grant.code_challenge):
             return _json({"error": "invalid_grant", "error_description": "PKCE verification failed"}, 400)
-        token = secrets.token_urlsafe(32)
-        access = Grant(
-            client_id=grant.client_id,
-            scope=grant.scope,
-            patient=grant.patient,
-            user=grant.user,
-            app_context=grant.app_context,
-            expires_at=time.time() + self.token_seconds,
-        )
+        body = self._issue(grant)
+        if "openid" in grant.scope.split() and "fhirUser" in grant.scope.split():
+            body["id_token"] = self._id_token(grant)
+        if {"online_access", "offline_access"} & set(grant.scope.split()):
+            refresh = secrets.token_urlsafe(32)
+            with self._lock:
+                self.refresh_tokens[refresh] = replace(grant, expires_at=time.time() + 8 * 3600)
+            body["refresh_token"] = refresh
+        return _json(body, headers={"Cache-Control": "no-store", "Pragma": "no-cache"})
+
+    def _refresh(self, form: Any) -> Response:
         with self._lock:
-            self.tokens[token] = access
+            grant = self.refresh_tokens.get(form.get("refresh_token", ""))
+        if grant is None or grant.expires_at < time.time() or form.get("client_id") != grant.client_id:
+            return _json({"error": "invalid_grant", "error_description": "unknown or ended refresh token"}, 400)
+        return _json(self._issue(grant), headers={"Cache-Control": "no-store", "Pragma": "no-cache"})
+
+    def _issue(self, grant: Grant) -> dict[str, Any]:
+        """A new access token bound to the grant's patient, user, scope and launch context."""
+        token = secrets.token_urlsafe(32)
+        with self._lock:
+            self.tokens[token] = replace(grant, expires_at=time.time() + self.token_seconds)
         body: dict[str, Any] = {
             "access_token": token,
             "token_type": "Bearer",
@@ -303,9 +325,7 @@ class EhrLaunchServer:
         }
         if grant.app_context is not None:
             body["appContext"] = grant.app_context
-        if "openid" in grant.scope.split() and "fhirUser" in grant.scope.split():
-            body["id_token"] = self._id_token(grant)
-        return _json(body, headers={"Cache-Control": "no-store", "Pragma": "no-cache"})
+        return body
 
     def _id_token(self, grant: Grant) -> str:
         now = int(time.time())

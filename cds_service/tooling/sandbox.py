@@ -657,5 +657,3 @@ def _serve(args: argparse.Namespace) -> int:
         server.stop()
         signal.signal(signal.SIGTERM, previous)
         print("sandbox: stopped", file=sys.stderr, flush=True)
-
-

@@ -87,8 +87,11 @@ def test_console_follows_the_smart_link_and_the_next_preview_uses_the_answer(
     click(browser, button)
     wait(browser, lambda d: len(d.window_handles) == 2, "the app did not open in a new tab")
     browser.switch_to.window(next(h for h in browser.window_handles if h != console_tab))
-    wait(browser, lambda d: d.execute_script("return document.body && document.body.dataset.ready") == "true",
-         "the app did not load")
+    wait(
+        browser,
+        lambda d: d.execute_script("return document.body && document.body.dataset.ready") == "true",
+        "the app did not load",
+    )
     assert "/smart/app?s=" in browser.current_url
     item = browser.find_element(By.CSS_SELECTOR, "#asked .item[data-link-id='nsaid-response-within-48h']")
     click(browser, item.find_element(By.CSS_SELECTOR, "input[value='true']"))

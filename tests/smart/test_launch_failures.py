@@ -95,7 +95,11 @@ def test_launch_sends_pkce_s256_state_aud_and_v2_scopes(service: Service, ehr: E
     assert len(query["state"]) >= 32 and query["aud"] == ehr.harness.iss and query["launch"]
     scopes = query["scope"].split()
     assert {"launch", "openid", "fhirUser", "patient/QuestionnaireResponse.crs", "patient/Patient.r"} <= set(scopes)
-    assert all(s in {"launch", "openid", "fhirUser"} or re.fullmatch(r"patient/\w+\.c?r?u?d?s?", s) for s in scopes)
+    assert "offline_access" not in scopes and "online_access" in scopes
+    assert all(
+        s in {"launch", "openid", "fhirUser", "online_access"} or re.fullmatch(r"patient/\w+\.c?r?u?d?s?", s)
+        for s in scopes
+    )
 
 
 def test_saved_response_is_on_the_server_and_token_never_logged(
@@ -107,6 +111,9 @@ def test_saved_response_is_on_the_server_and_token_never_logged(
         html = open_form(browser, service, ehr)
         response = save(browser, service, html, **{ITEM: "false"})
     assert response.status_code == 201, response.text[:500]
+    patient = ehr.patients[AXSPA_SLUG].patient
+    banner = re.search(r'id="patient-banner"[^>]*>([^<]*)<', html)
+    assert banner and f"born {patient['birthDate']}" in banner.group(1) and patient["gender"] in banner.group(1)
     assert len(responses(ehr)) == before + 1
     issued = list(ehr.harness.tokens)
     assert issued and "smart questionnaire response saved" in caplog.text  # the app's records were captured
@@ -216,11 +223,27 @@ def test_iss_off_the_allowlist_is_never_contacted(tmp_path: Any, ehr: Ehr, fhir_
     assert allowed.status_code == 302  # the same service launches against the allowed server
 
 
-def test_expired_token_on_save_keeps_the_answers(service: Service, ehr: Ehr) -> None:
+def test_expired_access_token_is_renewed_with_the_refresh_token(service: Service, ehr: Ehr) -> None:
+    """online_access: the EHR issued a refresh token, so an expired access token is renewed and the save
+    goes through; the renewed token is kept for the next save."""
     before = len(responses(ehr))
     with requests.Session() as browser:
         html = open_form(browser, service, ehr)
         ehr.harness.expire_tokens()
+        issued = len(ehr.harness.tokens)
+        first = save(browser, service, html, **{ITEM: "true"})
+        second = save(browser, service, html, fever="false")
+    assert [first.status_code, second.status_code] == [201, 201], first.text[:300]
+    assert len(ehr.harness.tokens) == issued + 1  # one renewal, reused by the second save
+    assert len(responses(ehr)) == before + 2
+
+
+def test_expired_token_on_save_keeps_the_answers(service: Service, ehr: Ehr) -> None:
+    """The EHR session ended: no renewal possible; the answers stay on the page."""
+    before = len(responses(ehr))
+    with requests.Session() as browser:
+        html = open_form(browser, service, ehr)
+        ehr.harness.end_sessions()
         response = save(browser, service, html, **{ITEM: "true", "fever": "false"})
     assert response.status_code == 401
     assert "token expired or was revoked" in response.text
@@ -351,3 +374,20 @@ def test_a_patient_id_that_is_not_a_fhir_id_is_refused(service: Service, ehr: Eh
         )
         page = browser.get(authorize(browser, response.headers["Location"]), timeout=HTTP_TIMEOUT)
     assert page.status_code == 400 and "which patient" in page.text
+
+
+def test_reloading_the_form_after_the_token_lifetime_renews_it(service: Service, ehr: Ehr) -> None:
+    import time
+
+    with EhrLaunchServer(ehr.fhir.base_url, ehr.fhir.token, token_seconds=1) as harness:
+        with requests.Session() as browser:
+            html = open_form(browser, service, ehr, harness)
+            time.sleep(1.2)  # past the token's expires_in, by the app's own clock
+            issued = len(harness.tokens)
+            again = browser.get(f"{service.url}/smart/app", params={"s": hidden(html, "s")}, timeout=HTTP_TIMEOUT)
+            harness.end_sessions()
+            time.sleep(1.2)
+            ended = browser.get(f"{service.url}/smart/app", params={"s": hidden(html, "s")}, timeout=HTTP_TIMEOUT)
+    assert again.status_code == 200 and 'id="assessment"' in again.text
+    assert len(harness.tokens) == issued + 1
+    assert ended.status_code == 401 and "Launch the app again" in ended.text

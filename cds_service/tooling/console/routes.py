@@ -165,8 +165,7 @@ def api_request() -> Response:
     except UnsupportedQuery as exc:
         return _error(f"a prefetch template cannot be run in memory: {exc}", 422, "prefetch", "unsupported-query")
     return json_response(
-        {"serviceId": built.service_id, "request": built.request, "expected": built.expected,
-         "source": source.label}
+        {"serviceId": built.service_id, "request": built.request, "expected": built.expected, "source": source.label}
     )
 
 
@@ -236,8 +235,9 @@ def api_analytics_csv() -> Response:
     except SQLAlchemyError:
         return _error("the database is unavailable; retry later", 503, None, "store-unavailable")
     filename = f"card-feedback-{report.period.since}-{report.period.until}.csv"
-    return Response(report.to_csv(), mimetype="text/csv",
-                    headers={"Content-Disposition": f'attachment; filename="{filename}"'})
+    return Response(
+        report.to_csv(), mimetype="text/csv", headers={"Content-Disposition": f'attachment; filename="{filename}"'}
+    )
 
 
 # --------------------------------------------------------------------------------------------
