@@ -31,11 +31,14 @@ def questionnaire_map() -> dict[str, dict[str, Any]]:
 
 def launch_url() -> str | None:
     """The app's launch URL: CDS_PUBLIC_BASE_URL (the app's settings, else the environment) + /smart/launch,
-    else the URL the current request came in on; None outside a request with nothing configured."""
+    else the URL the current request came in on; None when this service does not serve the app, or
+    outside a request with nothing configured."""
     from flask import current_app, has_app_context, has_request_context, request
 
     base = None
     if has_app_context() and "cds" in current_app.extensions:
+        if "cds_smart" not in current_app.extensions:  # the app is off here (no CDS_SMART_SECRET_KEY)
+            return None
         base = current_app.extensions["cds"].settings.public_base_url
     base = base or os.environ.get("CDS_PUBLIC_BASE_URL")
     if not base and has_request_context():

@@ -121,3 +121,25 @@ def test_rendered_card_carries_the_link_with_the_public_base_url(tmp_path: Path)
     assert [link for link in card["links"] if link["type"] == "smart"][0]["url"] == URL
     assert not [link for link in plain.get("links", []) if link.get("type") == "smart"]
     app.extensions["cds"].fhir.close()
+
+
+def test_no_link_when_this_service_does_not_serve_the_app(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Production without CDS_SMART_SECRET_KEY: /smart/ is off, so cards must not point at it."""
+    from cds_service.app import create_app
+
+    monkeypatch.delenv("CDS_SMART_SECRET_KEY", raising=False)
+    app = create_app(
+        Settings(
+            environment="production",
+            public_base_url="https://cds.example.org",
+            auth_mode="off",
+            data_dir=tmp_path,
+            log_level="WARNING",
+        ).validate()
+    )
+    asked = decision(("nice-nsaid-response", State.NOT_DOCUMENTED), topic="red-flag")
+    with app.app_context():
+        card = app.extensions["cds"].catalog.render(asked)
+    assert "cds_smart" not in app.extensions
+    assert not [link for link in card.get("links", []) if link.get("type") == "smart"]
+    app.extensions["cds"].fhir.close()
