@@ -20,7 +20,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from flask import Blueprint, Flask, Response, current_app, redirect, render_template, request
+from flask import Blueprint, Flask, Response, current_app, redirect, render_template, request, url_for
 
 from cds_service.settings import Settings
 from cds_service.urls import url_allowed
@@ -202,7 +202,7 @@ def callback() -> Response:
         "token_endpoint": pending["token_endpoint"],
         "asked": asked,
     }
-    response = redirect(f"/smart/app?s={session_id}", 303)
+    response = redirect(url_for("smart.form_page", s=session_id), 303)
     _set_cookie(response, SESSION_COOKIE + session_id, app.sealer.seal(data), SESSION_SECONDS, "/smart")
     response.delete_cookie(AUTH_COOKIE, path="/smart/callback")
     return response
