@@ -21,7 +21,12 @@ URL = "https://cds.example.org/smart/launch"
 
 
 def decision(*criteria: tuple[str, State], topic: str = "axspa-hla-b27") -> Decision:
-    return Decision(topic, "test", (), tuple(Criterion(cid, cid, state) for cid, state in criteria))
+    return Decision(
+        topic=topic,
+        rule="test",
+        citations=(),
+        criteria=tuple(Criterion(id=cid, state=state) for cid, state in criteria),
+    )
 
 
 @pytest.fixture(scope="module")
@@ -135,6 +140,7 @@ def test_no_link_when_this_service_does_not_serve_the_app(tmp_path: Path, monkey
             auth_mode="off",
             data_dir=tmp_path,
             log_level="WARNING",
+            auto_migrate=True,
         ).validate()
     )
     asked = decision(("nice-nsaid-response", State.NOT_DOCUMENTED), topic="red-flag")
