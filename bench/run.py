@@ -49,6 +49,7 @@ LUA = BENCH / "lua" / "post.lua"
 # main before the hook-engine refactor and the second performance round (issues 11 and 16)
 DEFAULT_BASELINE_REF = "dcc100b"
 CONCURRENCY = (1, 8, 32)
+ALL_PARTS = ("throughput", "traffic", "w3", "w4", "profile", "baseline")
 W4_MISSING = ("conditions", "findings", "questionnaireResponses", "medications", "serviceRequests")
 W4_DELAY_MS = 50.0
 PACKAGES = ("flask", "werkzeug", "gunicorn", "orjson", "fhir.resources", "fhir-core", "pydantic", "pydantic-core",
@@ -271,11 +272,12 @@ class Service:
 # ------------------------------------------------------------------------------------------------
 # Load generation
 # ------------------------------------------------------------------------------------------------
-def run_wrk(url: str, body: Path, connections: int, duration: float) -> dict[str, Any]:
-    threads = min(2, connections)
+def run_wrk(url: str, body: Path | None, connections: int, duration: float, *, script: Path = LUA,
+            threads: int | None = None, env_extra: dict[str, str] | None = None) -> dict[str, Any]:
+    threads = threads or min(2, connections)
     cmd = ["wrk", f"-t{threads}", f"-c{connections}", f"-d{max(1, round(duration))}s", "--timeout", "10s",
-           "-s", str(LUA), url]
-    env = {**os.environ, "BENCH_BODY": str(body)}
+           "-s", str(script), url]
+    env = {**os.environ, **({"BENCH_BODY": str(body)} if body else {}), **(env_extra or {})}
     before = loadavg()
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=duration + 60)
     line = next((x for x in done.stdout.splitlines() if x.startswith("BENCH_JSON ")), None)
@@ -583,9 +585,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--baseline-ref", default=os.environ.get("BENCH_BASELINE_REF") or None,
                         help=f"git ref of the 'before' code (default {DEFAULT_BASELINE_REF})")
     parser.add_argument("--only", default=os.environ.get("BENCH_ONLY", ""),
-                        help="comma list of parts: throughput,w3,w4,profile,baseline (default: all)")
+                        help="comma list of parts: throughput,traffic,w3,w4,profile,baseline (default: all)")
     args = parser.parse_args(argv)
-    parts = set(filter(None, args.only.split(","))) or {"throughput", "w3", "w4", "profile", "baseline"}
+    parts = set(filter(None, args.only.split(","))) or set(ALL_PARTS)
     if args.baseline in ("0", "false", "no"):
         parts.discard("baseline")
     out = Path(args.out)
@@ -655,6 +657,15 @@ def main(argv: list[str] | None = None) -> int:
                     results["server_before"] = service.ready
                     results["throughput_before"] = throughput_suite(service, files, [w1, w2], (8,), args.duration,
                                                                     args.warmup, with_floor=False)
+        if "traffic" in parts:
+            from bench.traffic import traffic_suite
+
+            with Service("after-traffic", workdir, str(ROOT)) as service:
+                results["traffic"] = traffic_suite(service, workdir, args.duration, args.warmup, run_wrk, log)
+            if baseline_path is not None:
+                with Service("before-traffic", workdir, str(baseline_path)) as service:
+                    results["traffic_before"] = traffic_suite(service, workdir, args.duration, args.warmup,
+                                                              run_wrk, log)
         if "w3" in parts:
             log("W3 in-process (after)")
             results["w3_inprocess"] = inprocess(cases_file, str(ROOT))
@@ -687,7 +698,7 @@ def main(argv: list[str] | None = None) -> int:
         results["elapsed_s"] = round(time.time() - started, 1)
         previous = {}
         json_path = out / "benchmarks.json"
-        if parts != {"throughput", "w3", "w4", "profile", "baseline"} and json_path.exists():
+        if parts != set(ALL_PARTS) and json_path.exists():
             previous = json.loads(json_path.read_text())  # a partial run keeps the other parts' numbers
         merged = {**previous, **results}
         json_path.write_text(json.dumps(merged, indent=2) + "\n")
