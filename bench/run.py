@@ -555,6 +555,25 @@ def profiles(cases_file: Path, pythonpath: str, label: str) -> str:
     return done.stdout
 
 
+def tail_probe(workdir: Path) -> dict[str, Any] | None:
+    """bench/tail_probe.py on the repeated body: 1 and 4 threads (a gthread worker) for 6 s each."""
+    from bench.sessions import repeated_body
+
+    body = repeated_body()
+    path = workdir / "tail-probe-body.json"
+    path.write_bytes(body.raw)
+    out: dict[str, Any] = {}
+    for threads in (1, 4):
+        done = subprocess.run([sys.executable, str(BENCH / "tail_probe.py"), str(path), body.service_id,
+                               str(threads), "6"], env={**os.environ, "PYTHONPATH": str(ROOT)},
+                              capture_output=True, text=True, timeout=300)
+        if done.returncode != 0:
+            log(f"tail probe failed: {done.stderr[-800:]}")
+            return None
+        out[f"threads_{threads}"] = json.loads(done.stdout.strip().splitlines()[-1])
+    return out
+
+
 # ------------------------------------------------------------------------------------------------
 # Main
 # ------------------------------------------------------------------------------------------------
@@ -691,6 +710,10 @@ def main(argv: list[str] | None = None) -> int:
             text = profiles(cases_file, str(ROOT), "after")
             if baseline_path is not None:
                 text += "\n\n" + profiles(cases_file, str(baseline_path), "before")
+            probe = tail_probe(workdir)
+            if probe is not None:
+                results["tail_probe"] = probe
+                text += "\n\n##### Repeated-body tail probe (bench/tail_probe.py)\n" + json.dumps(probe, indent=2)
             (out / "benchmarks-profile.txt").write_text(text)
             results["profile_file"] = "benchmarks-profile.txt"
     finally:
