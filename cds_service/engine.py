@@ -15,23 +15,32 @@ from __future__ import annotations
 
 import logging
 import time
+import uuid
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from datetime import UTC, date, datetime
 from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo
 
+import orjson
+
+from .clinical import build_facts
 from .clinical.model import Decision, EvaluationInput, PatientRecord
+from .content_cache import ContentCache, content_key
 from .metrics import CARDS_SERVED, FEEDBACK, PREFETCH_MISSING
 from .prefetch import resolve
 from .protocol import RequestError, validate_feedback, validate_request
 from .registry import ServiceDefinition
+from .served_writer import ServedWriter
 from .store import ServedCard, StoreUnavailable
 
 if TYPE_CHECKING:  # the runtime builds the engine: no import at run time
     from .runtime import Runtime
 
 log = logging.getLogger("cds_service.engine")
+
+#: PatientRecord fields the facts never read (the order logic reads them per call): not in the cache key
+_NOT_FACTS = frozenset({"draft_orders", "selections"})
 
 
 @dataclass(frozen=True)
@@ -63,6 +72,16 @@ class HookEngine:
     def __init__(self, runtime: Runtime) -> None:
         self.runtime = runtime
         self.timezone = ZoneInfo(runtime.settings.timezone)
+        #: facts built from identical patient data, shared by the calls of one ordering session (content_cache.py)
+        self.facts_cache = ContentCache()
+        #: rendered cards by Decision (content_cache.py)
+        self.card_cache = ContentCache(max_entries=512)
+        #: served-card rows written by one background thread per process (served_writer.py)
+        self.served_writer = ServedWriter(self._write_served)
+
+    def close(self) -> None:
+        """Write every queued served-card row (also done at interpreter exit)."""
+        self.served_writer.close()
 
     # ---- discovery --------------------------------------------------------------------------
 
@@ -157,8 +176,9 @@ class HookEngine:
             user_id=context.get("userId"),
             missing=tuple(missing_keys),
         )
-        decisions = tuple(service.evaluate(EvaluationInput(hook=service.hook, record=record_, now=when)))
-        cards = [rt.catalog.render(decision, record_) for decision in decisions]
+        facts = self._facts(record_, when)
+        decisions = tuple(service.evaluate(EvaluationInput(hook=service.hook, record=record_, now=when, facts=facts)))
+        cards = [self._render(decision, record_) for decision in decisions]
         served = tuple(
             ServedCard(
                 card_uuid=card["uuid"],
@@ -176,18 +196,52 @@ class HookEngine:
         fields.update(card_topics=[c.topic for c in served], card_ids=[c.card_uuid for c in served])
         return HookOutcome(service, 200, {"cards": cards}, decisions, served, fields)
 
+    def _facts(self, record: PatientRecord, when: datetime) -> Any:
+        """PatientFacts for *record* at *when*, from the per-process cache when the same patient data
+        was evaluated on the same day in the same zone a moment ago (content_cache.py). The key is every
+        record field the facts read -- all of them but the draft orders and selections."""
+        knowledge = self.runtime.knowledge
+        key = content_key(
+            {f.name: getattr(record, f.name) for f in fields(record) if f.name not in _NOT_FACTS},
+            when.date().isoformat(), str(when.tzinfo),
+        )
+        return self.facts_cache.get_or_build(key, lambda: build_facts(record, knowledge, when))
+
+    def _render(self, decision: Decision, record: PatientRecord) -> dict[str, Any]:
+        """The card for *decision*: rendered once per identical Decision and missing data (content_cache.py),
+        with fresh card and suggestion uuids on every call, as a fresh render has."""
+        catalog = self.runtime.catalog
+        try:
+            key = content_key(decision, record.missing, getattr(record, "hook", None))
+        except TypeError:  # a parameter orjson cannot serialise exactly: render uncached
+            return catalog.render(decision, record)
+        card: dict[str, Any] = orjson.loads(
+            self.card_cache.get_or_build(key, lambda: orjson.dumps(catalog.render(decision, record)))
+        )
+        card["uuid"] = str(uuid.uuid4())
+        for suggestion in card.get("suggestions", ()):
+            suggestion["uuid"] = str(uuid.uuid4())
+        return card
+
     def _record_served(self, served: tuple[ServedCard, ...], patient_id: str, when: datetime) -> None:
-        store = self.runtime.store
-        if store is not None:
-            try:
-                store.record_served(served, patient_id, when.astimezone(UTC))
-            except StoreUnavailable:
-                # Cards need no database: the clinician still gets them; only analytics lose this row.
-                log.warning(
-                    "served cards not recorded: database unavailable", extra={"card_ids": [c.card_uuid for c in served]}
-                )
+        if self.runtime.store is not None and served:
+            self.served_writer.submit((served, patient_id, when.astimezone(UTC)))
         for card in served:
             CARDS_SERVED.labels(card.service_id, card.topic).inc()
+
+    def _write_served(self, item: tuple[tuple[ServedCard, ...], str, datetime]) -> None:
+        """On the writer thread (or inline when its queue is full): one hook call's rows."""
+        served, patient_id, when = item
+        store = self.runtime.store
+        if store is None:
+            return
+        try:
+            store.record_served(served, patient_id, when)
+        except StoreUnavailable:
+            # Cards need no database: the clinician still got them; only analytics lose this row.
+            log.warning(
+                "served cards not recorded: database unavailable", extra={"card_ids": [c.card_uuid for c in served]}
+            )
 
     # ---- feedback ---------------------------------------------------------------------------
 
@@ -199,6 +253,7 @@ class HookEngine:
         try:
             if store is None:
                 raise StoreUnavailable("no feedback store in this process")
+            self.served_writer.flush()  # the cards this feedback answers are in the table first
             stored = store.record_feedback(service.id, body["feedback"], datetime.now(UTC))
         except StoreUnavailable:
             return FeedbackOutcome(

@@ -67,7 +67,8 @@ class Runtime:
         )
 
     def close(self) -> None:
-        """Release pooled connections (FHIR keep-alive sessions, database pool)."""
+        """Write queued served-card rows, then release pooled connections (FHIR sessions, database pool)."""
+        self.engine.close()
         self.fhir.close()
         if self.store is not None:
             self.store.engine.dispose()

@@ -30,6 +30,8 @@ log = logging.getLogger("cds_service.served_writer")
 
 #: Rows waiting at most before a request writes its own inline (memory bound when the database stalls).
 DEFAULT_MAX_QUEUE = 5_000
+#: An idle writer thread ends after this long (a process that stops serving keeps no thread around).
+IDLE_EXIT_SECONDS = 30.0
 
 
 class ServedWriter:
@@ -114,9 +116,11 @@ class ServedWriter:
     def _run(self) -> None:
         while True:
             with self._cond:
-                self._cond.wait_for(lambda: self._items or self._closed)
-                if not self._items:
-                    return  # closed and drained
+                self._cond.wait_for(lambda: self._items or self._closed, IDLE_EXIT_SECONDS)
+                if not self._items:  # closed and drained, or idle: the next submit starts a new thread
+                    if self._thread is threading.current_thread():
+                        self._thread = None
+                    return
                 batch = list(self._items)
                 self._items.clear()
             for item in batch:

@@ -23,7 +23,7 @@ def evaluate(inp: EvaluationInput, knowledge: Knowledge) -> list[Decision]:
     order-select/order-sign -> one imaging decision per lumbar imaging order; other hooks -> none."""
     if inp.hook != PATIENT_VIEW and inp.hook not in ORDER_HOOKS:
         return []
-    facts = build_facts(inp.record, knowledge, inp.now)
+    facts = inp.facts if inp.facts is not None else build_facts(inp.record, knowledge, inp.now)
     ctx = OrderContext.from_record(inp.record, inp.now)
     if inp.hook == PATIENT_VIEW:
         decisions = evaluate_red_flags(facts, knowledge)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 
-from cds_service.facts_cache import FactsCache, content_key
+from cds_service.content_cache import ContentCache, content_key
 
 
 class Clock:
@@ -16,7 +16,7 @@ class Clock:
 
 
 def test_a_hit_returns_what_was_built_without_building_again() -> None:
-    cache = FactsCache(max_entries=4, ttl_seconds=60)
+    cache = ContentCache(max_entries=4, ttl_seconds=60)
     builds: list[int] = []
 
     def build() -> dict[str, int]:
@@ -31,7 +31,7 @@ def test_a_hit_returns_what_was_built_without_building_again() -> None:
 
 
 def test_size_is_bounded_least_recently_used_out_first() -> None:
-    cache = FactsCache(max_entries=3, ttl_seconds=60)
+    cache = ContentCache(max_entries=3, ttl_seconds=60)
     for key in ("a", "b", "c"):
         cache.get_or_build(key, lambda key=key: key.upper())
     cache.get_or_build("a", lambda: "rebuilt")  # a is now the most recently used
@@ -43,7 +43,7 @@ def test_size_is_bounded_least_recently_used_out_first() -> None:
 
 def test_entries_expire_after_the_ttl() -> None:
     clock = Clock()
-    cache = FactsCache(max_entries=8, ttl_seconds=30, clock=clock)
+    cache = ContentCache(max_entries=8, ttl_seconds=30, clock=clock)
     assert cache.get_or_build("k", lambda: "old") == "old"
     clock.now += 29.9
     assert cache.get_or_build("k", lambda: "new") == "old"
@@ -53,7 +53,7 @@ def test_entries_expire_after_the_ttl() -> None:
 
 def test_expired_entries_are_dropped_when_others_are_stored() -> None:
     clock = Clock()
-    cache = FactsCache(max_entries=8, ttl_seconds=10, clock=clock)
+    cache = ContentCache(max_entries=8, ttl_seconds=10, clock=clock)
     cache.get_or_build("old", lambda: 1)
     clock.now += 11
     cache.get_or_build("new", lambda: 2)
@@ -61,7 +61,7 @@ def test_expired_entries_are_dropped_when_others_are_stored() -> None:
 
 
 def test_disabled_cache_always_builds() -> None:
-    for cache in (FactsCache(max_entries=0), FactsCache(ttl_seconds=0)):
+    for cache in (ContentCache(max_entries=0), ContentCache(ttl_seconds=0)):
         assert cache.get_or_build("k", lambda: 1) == 1
         assert cache.get_or_build("k", lambda: 2) == 2
         assert len(cache) == 0
@@ -80,7 +80,7 @@ def test_content_key_is_equal_for_equal_bytes_and_differs_otherwise() -> None:
 
 
 def test_threads_share_one_cache_safely() -> None:
-    cache = FactsCache(max_entries=16, ttl_seconds=60)
+    cache = ContentCache(max_entries=16, ttl_seconds=60)
     results: list[tuple[int, int]] = []
 
     def work(n: int) -> None:

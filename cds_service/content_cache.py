@@ -1,21 +1,25 @@
-"""Reuse of the facts built from identical patient data, within one process, for a few seconds.
+"""Reuse of work done on identical inputs, within one process, for a couple of minutes (issue 16).
 
 An EHR sends the same chart again and again within one ordering session: the CDS Hooks sandbox, like
 EHRs, sends order-select at every change of the order (study chosen, each reason added) with the same
-prefetch, then order-sign with it again. Building the facts (validating the relevant FHIR resources,
-reading episode, red flags, history) is most of a hook call's own work and depends only on the
-patient's data and the evaluation day, so calls with identical data share it.
+prefetch, then order-sign with it again. Two things depend only on content that repeats there, and the
+hook engine keeps them in a :class:`ContentCache` each:
+
+* the **facts** built from the patient's data (validating the relevant FHIR resources, reading the
+  episode, red flags, history: most of a hook call's clinical work), keyed by the patient data exactly
+  as received plus the evaluation day and the site zone;
+* the **rendered card** of a Decision (Jinja in a sandbox: the largest single cost left), keyed by the
+  Decision and the record's missing keys; every hit gets fresh card and suggestion uuids.
 
 What it is and is not:
 
-* keyed by a BLAKE2b digest of the patient data exactly as received (orjson bytes of the Patient and
-  the resources) plus the evaluation day, the site zone and the hook-independent inputs; identical
-  bytes mean identical facts, a different key order is only a miss;
+* keyed by a BLAKE2b digest of the inputs serialised by orjson exactly as given: identical bytes mean
+  identical inputs, a different key order is only a miss;
 * in memory, per process (never persisted, never shared between processes), bounded (``max_entries``,
   least recently used out first) and short-lived (``ttl_seconds``, 120 s by default: about one ordering
   session);
 * nothing about the patient is logged; the digest identifies content only inside this process;
-* the cached value is treated as read-only by every reader (the rules never modify facts).
+* cached values are read-only for every reader (the rules never modify facts; cards are copied).
 """
 
 from __future__ import annotations
@@ -36,15 +40,21 @@ DEFAULT_TTL_SECONDS = 120.0
 
 
 def content_key(*parts: Any) -> bytes:
-    """A digest of JSON-able parts exactly as given (no key sorting: same bytes, same key)."""
+    """A digest of parts exactly as given (no key sorting: same bytes, same key).
+
+    Dicts, lists, tuples, strings, numbers, dates, enums and dataclasses are serialised by orjson;
+    anything else raises ``TypeError`` (never a lossy ``str()``): the caller then works uncached."""
     digest = hashlib.blake2b(digest_size=20)
-    for part in parts:
-        digest.update(orjson.dumps(part, option=orjson.OPT_PASSTHROUGH_DATETIME, default=str))
-        digest.update(b"\x1e")
+    try:
+        for part in parts:
+            digest.update(orjson.dumps(part))
+            digest.update(b"\x1e")
+    except orjson.JSONEncodeError as exc:
+        raise TypeError(f"not a content key: {exc}") from exc
     return digest.digest()
 
 
-class FactsCache:
+class ContentCache:
     """A thread-safe, bounded, time-limited map from a content key to a value built once."""
 
     def __init__(self, max_entries: int = DEFAULT_MAX_ENTRIES, ttl_seconds: float = DEFAULT_TTL_SECONDS,
