@@ -578,7 +578,7 @@ def tail_probe(workdir: Path) -> dict[str, Any] | None:
 # Main
 # ------------------------------------------------------------------------------------------------
 def baseline_tree(workdir: Path, ref: str | None) -> tuple[Path, str]:
-    """The "before" code: `git archive <ref>` of cds_service/ and cards/ in a temporary directory.
+    """The "before" code: `git archive <ref>` of cds_service/, cards/ (and openapi.yaml) in a temporary directory.
 
     A git ref always applies (a patch kept beside the code stops reversing as soon as the code moves
     on); the repository itself is never touched.
@@ -587,7 +587,11 @@ def baseline_tree(workdir: Path, ref: str | None) -> tuple[Path, str]:
     shutil.rmtree(target, ignore_errors=True)
     target.mkdir(parents=True)
     ref = ref or DEFAULT_BASELINE_REF
-    archive = subprocess.run(["git", "-C", str(ROOT), "archive", ref, "cds_service", "cards"], capture_output=True,
+    # what cds_service/ links to outside itself (cds_service/openapi.yaml -> ../openapi.yaml) comes along
+    listed = subprocess.run(["git", "-C", str(ROOT), "ls-tree", "--name-only", ref], capture_output=True, text=True,
+                            timeout=60, check=True).stdout.split()
+    paths = ["cds_service", "cards", *(p for p in ("openapi.yaml",) if p in listed)]
+    archive = subprocess.run(["git", "-C", str(ROOT), "archive", ref, *paths], capture_output=True,
                              timeout=120, check=True)
     subprocess.run(["tar", "-x", "-C", str(target)], input=archive.stdout, check=True, timeout=120)
     return target, f"git {ref} (cds_service/ and cards/)"
