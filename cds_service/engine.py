@@ -203,10 +203,13 @@ class HookEngine:
         was evaluated on the same day in the same zone a moment ago (content_cache.py). The key is every
         record field the facts read -- all of them but the draft orders and selections."""
         knowledge = self.runtime.knowledge
-        key = content_key(
-            {f.name: getattr(record, f.name) for f in fields(record) if f.name not in _NOT_FACTS},
-            when.date().isoformat(), str(when.tzinfo),
-        )
+        try:
+            key = content_key(
+                {f.name: getattr(record, f.name) for f in fields(record) if f.name not in _NOT_FACTS},
+                when.date().isoformat(), str(when.tzinfo),
+            )
+        except TypeError:  # not exactly serialisable (e.g. nested deeper than orjson writes): uncached
+            return build_facts(record, knowledge, when)
         return self.facts_cache.get_or_build(key, lambda: build_facts(record, knowledge, when))
 
     def _render(self, decision: Decision, record: PatientRecord) -> dict[str, Any]:
