@@ -46,10 +46,11 @@ import requests
 import yaml
 from cryptography.hazmat.primitives.asymmetric.rsa import RSAPublicKey
 from jwt.exceptions import InvalidAlgorithmError, InvalidSignatureError, PyJWTError
-from sqlalchemy import BigInteger, Column, Index, MetaData, String, Table, delete, insert
+from sqlalchemy import delete, insert
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
 
+from cds_service import tables
 from cds_service.settings import Settings, SettingsError
 from cds_service.urls import check_service_url, normalise_url, url_has_prefix
 
@@ -88,8 +89,8 @@ CHECKS: Mapping[str, str] = {
 }
 
 MAX_TOKEN_CHARS = 16 * 1024
-MAX_JTI_CHARS = 255
-MAX_ISS_CHARS = 255
+MAX_JTI_CHARS = tables.MAX_JTI_CHARS
+MAX_ISS_CHARS = tables.MAX_ISS_CHARS
 #: Upper bound on exp - iat. CDS clients mint a token per call (the sandbox and Epic use 5 minutes);
 #: a long-lived token is a stolen-token risk and would pin replay-cache rows for as long.
 MAX_TOKEN_LIFETIME_SECONDS = 3600
@@ -367,17 +368,8 @@ class _FetchError(Exception):
 # Replay caches
 
 
-_replay_metadata = MetaData()
-
-#: The replay table. Exposed so the store/migrations can create it alongside the other tables.
-jwt_replay = Table(
-    "jwt_replay",
-    _replay_metadata,
-    Column("issuer", String(MAX_ISS_CHARS), primary_key=True),
-    Column("jti", String(MAX_JTI_CHARS), primary_key=True),
-    Column("expires_at", BigInteger, nullable=False),
-    Index("ix_jwt_replay_expires_at", "expires_at"),
-)
+#: The replay table, defined with every other table in cds_service.tables and created by the migrations.
+jwt_replay = tables.jwt_replay
 
 
 class SqlReplayCache:
@@ -395,8 +387,12 @@ class SqlReplayCache:
         *,
         clock: Callable[[], float] = time.time,
         purge_interval: float = 60.0,
+        ensure_schema: Callable[[], Any] | None = None,
     ):
         self._engine = engine
+        # the service passes its store's schema check (which honours CDS_AUTO_MIGRATE); alone, the
+        # cache brings the schema up through the migrations on first use
+        self._ensure_schema = ensure_schema or (lambda: self.create_table(engine))
         self._clock = clock
         self._purge_interval = purge_interval
         self._last_purge: float | None = None
@@ -405,13 +401,16 @@ class SqlReplayCache:
 
     @staticmethod
     def create_table(engine: Engine) -> None:
-        """Create ``jwt_replay`` if missing (idempotent)."""
-        _replay_metadata.create_all(engine, tables=[jwt_replay], checkfirst=True)
+        """Bring the schema, ``jwt_replay`` with it, to the latest revision through the migrations
+        (idempotent, locked): no table is created outside cds_service.migrations."""
+        from cds_service import migrations
+
+        migrations.upgrade(engine)
 
     def remember(self, issuer: str, jti: str, expires_at: float) -> bool:
         if not self._table_ready:
-            # The database may have been down at start-up: make sure the table exists on first use.
-            self.create_table(self._engine)
+            # The database may have been down at start-up: make sure the schema is there on first use.
+            self._ensure_schema()
             self._table_ready = True
         now = self._clock()
         self._maybe_purge(now)

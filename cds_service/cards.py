@@ -62,6 +62,7 @@ SELECTION_BEHAVIORS = ("at-most-one", "any")
 LINK_TYPES = ("absolute", "smart")
 SUMMARY_MAX = 139  # CDS Hooks: "<140 characters"
 PARTIALS_FILE = "_partials.yaml"
+LABELS_DIR = "labels"
 
 STATE_LABELS = {
     State.MET: "Met",
@@ -413,11 +414,51 @@ def prune(value: Any) -> Any:
     return value
 
 
-def _criterion_vars(criterion: Criterion) -> dict[str, Any]:
+class Labels(dict):
+    """Card wording keyed by the ids the clinical rules emit: group -> id -> text (cards/labels/*.yaml).
+
+    Templates see it as ``labels``: ``labels.text("red-flags", f.id, f.get("label_params"))`` fills the
+    ``{placeholders}`` of a label from the id's parameters; a missing id renders as the id itself
+    (a test proves every id the rules can emit has a label)."""
+
+    def text(self, group: str, item_id: Any, params: Mapping[str, Any] | None = None) -> str:
+        template = self.get(group, {}).get(str(item_id))
+        if template is None:
+            return str(item_id)
+        try:
+            return template.format_map(dict(params or {}))
+        except (KeyError, IndexError, ValueError):
+            return template
+
+    def criterion(self, criterion_id: str, params: Mapping[str, Any] | None = None) -> str:
+        """A checklist label; red-flag criteria ("red-flag-<id>") fall back to the red flag's name."""
+        if criterion_id not in self.get("criteria", {}) and criterion_id.startswith("red-flag-"):
+            return self.text("red-flags", criterion_id.removeprefix("red-flag-"), params)
+        return self.text("criteria", criterion_id, params)
+
+
+def load_labels(cards_dir: Path) -> Labels:
+    """Read every cards/labels/*.yaml (mappings ``group: {id: text}``); a group may span files, an id not."""
+    labels = Labels()
+    for path in sorted((Path(cards_dir) / LABELS_DIR).glob("*.yaml")):
+        for group, items in _read_yaml(path).items():
+            if not isinstance(items, dict):
+                raise CardFileError(path, str(group), "must be a mapping of id to text")
+            merged = labels.setdefault(str(group), {})
+            for item_id, text in items.items():
+                if not isinstance(text, str) or not text.strip():
+                    raise CardFileError(path, f"{group}.{item_id}", "must be non-empty text")
+                if str(item_id) in merged:
+                    raise CardFileError(path, f"{group}.{item_id}", "is defined twice")
+                merged[str(item_id)] = text.strip()
+    return labels
+
+
+def _criterion_vars(criterion: Criterion, labels: Labels | None = None) -> dict[str, Any]:
     state = State(criterion.state)
     return {
         "id": criterion.id,
-        "label": criterion.label,
+        "label": (labels or Labels()).criterion(criterion.id, criterion.label_params),
         "state": state.value,
         "state_label": STATE_LABELS[state],
         "met": state is State.MET,
@@ -453,6 +494,7 @@ class CardCatalog:
     cards_dir: Path
     cards: Mapping[str, CardTemplate]
     strict: bool = False
+    labels: Labels = field(default_factory=Labels)
 
     # ---- loading --------------------------------------------------------------------------
 
@@ -477,6 +519,8 @@ class CardCatalog:
         undefined: type[Undefined] = StrictUndefined if strict else make_logging_undefined(log, ChainableUndefined)
         md_env = _make_env(True, undefined, partials)
         plain_env = _make_env(False, undefined, partials)
+        labels = load_labels(cards_dir)
+        md_env.globals["labels"] = plain_env.globals["labels"] = labels
         for name, text in partials.items():
             _compile(md_env, text, partials_path, name)
 
@@ -489,7 +533,7 @@ class CardCatalog:
         missing = [t for t in TOPICS if t not in cards]
         if missing:
             raise CardFileError(cards_dir, "(topics)", f"no card file for topic(s): {', '.join(missing)}")
-        catalog = cls(cards_dir=cards_dir, cards=cards, strict=strict)
+        catalog = cls(cards_dir=cards_dir, cards=cards, strict=strict, labels=labels)
         catalog._smoke_test()
         return catalog
 
@@ -511,7 +555,7 @@ class CardCatalog:
     # ---- rendering ------------------------------------------------------------------------
 
     def _variables(self, card: CardTemplate, decision: Decision, context: Any) -> dict[str, Any]:
-        criteria = [_criterion_vars(c) for c in decision.criteria]
+        criteria = [_criterion_vars(c, self.labels) for c in decision.criteria]
         missing = _context_missing(context) or [str(m) for m in decision.params.get("missing", ()) or ()]
         variables: dict[str, Any] = dict(decision.params)
         variables.update(

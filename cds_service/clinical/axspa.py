@@ -34,7 +34,7 @@ from cds_service.clinical.orders import (
 CITATIONS = (NICE_NG65, ASAS_2009, ASAS_IBP_2009, ASAS_EULAR_2022)
 REFER, TEST_HLA_B27 = "refer", "test-hla-b27"
 SUSPECTED = frozenset({REFER, TEST_HLA_B27})
-LAB_NAMES = {"crp": "CRP", "hla-b27": "HLA-B27"}
+LAB_NAMES = {"crp": "CRP", "hla-b27": "HLA-B27"}  # lab abbreviations (not prose): also in orders.LABS
 
 
 @dataclass(frozen=True)
@@ -61,15 +61,26 @@ class AxSpaAssessment:
         return sum(1 for c in self.nice if c.state is State.NOT_DOCUMENTED)
 
 
-def _age_before(facts: PatientFacts, limit: int, label_id: str, label: str) -> Criterion:
+def _age_before(facts: PatientFacts, limit: int, criterion_id: str) -> Criterion:
+    """Onset before *limit* (completed years at onset < limit). (rev 2) With a partial birthDate the age at
+    onset is a range: decided only when the whole range is on one side, else not documented."""
     episode = facts.episode
-    if episode.onset_age is None:
+    params = {"age": limit}
+    if episode.onset_age_range is None:
         why = "birth date not documented" if facts.birth_date is None else "back pain onset not documented"
-        return Criterion(label_id, label, State.NOT_DOCUMENTED, (), why)
+        return Criterion(criterion_id, State.NOT_DOCUMENTED, (), why, params)
     evidence = (episode.onset_evidence,) if episode.onset_evidence else ()
-    state = State.MET if episode.onset_age < limit else State.NOT_MET
-    note = f"age at onset {episode.onset_age}" + (f"; {episode.onset_note}" if episode.onset_note else "")
-    return Criterion(label_id, label, state, evidence, note)
+    low, high = episode.onset_age_range
+    suffix = f"; {episode.onset_note}" if episode.onset_note else ""
+    if high < limit:
+        state = State.MET
+    elif low >= limit:
+        state = State.NOT_MET
+    else:
+        note = f"age at onset {low}–{high}: the birth date is partial" + suffix
+        return Criterion(criterion_id, State.NOT_DOCUMENTED, evidence, note, params)
+    age = str(low) if low == high else f"{low}–{high}"
+    return Criterion(criterion_id, state, evidence, f"age at onset {age}" + suffix, params)
 
 
 def entry_criteria(
@@ -80,25 +91,19 @@ def entry_criteria(
     pain_evidence = episode.conditions + ((order_reason,) if order_reason else ())
     back_pain = Criterion(
         "entry-back-pain",
-        "Low back pain on record",
         State.MET if pain_evidence else State.NOT_DOCUMENTED,
         pain_evidence,
     )
-    onset = _age_before(
-        facts,
-        t.axspa_entry_onset_age_years,
-        "entry-onset-before-45",
-        f"Back pain began before age {t.axspa_entry_onset_age_years}",
-    )
-    label = f"Back pain has lasted more than {t.axspa_entry_min_months} months"
+    onset = _age_before(facts, t.axspa_entry_onset_age_years, "entry-onset-before-45")
+    months = {"months": t.axspa_entry_min_months}
     if episode.onset is None:
-        duration = Criterion("entry-duration-over-3-months", label, State.NOT_DOCUMENTED, (), "onset not documented")
+        duration = Criterion("entry-duration-over-3-months", State.NOT_DOCUMENTED, (), "onset not documented", months)
     else:
         lasted = add_months(episode.onset, t.axspa_entry_min_months) < facts.today
         evidence = (episode.onset_evidence,) if episode.onset_evidence else ()
         note = f"onset {episode.onset.isoformat()}" + (f"; {episode.onset_note}" if episode.onset_note else "")
         duration = Criterion(
-            "entry-duration-over-3-months", label, State.MET if lasted else State.NOT_MET, evidence, note
+            "entry-duration-over-3-months", State.MET if lasted else State.NOT_MET, evidence, note, months
         )
     return back_pain, onset, duration
 
@@ -107,24 +112,15 @@ def nice_criteria(facts: PatientFacts, knowledge: Knowledge) -> tuple[Criterion,
     t = knowledge.thresholds
     s = facts.symptom
     return (
-        _age_before(
-            facts,
-            t.axspa_early_onset_age_years,
-            "nice-onset-before-35",
-            f"Back pain began before age {t.axspa_early_onset_age_years}",
-        ),
-        criterion(
-            "nice-night-waking",
-            "Waking in the second half of the night because of symptoms",
-            s("night-waking"),
-        ),
-        criterion("nice-buttock-pain", "Buttock pain", s("buttock-pain")),
-        criterion("nice-improves-with-movement", "Improvement with movement", s("improves-with-movement")),
-        criterion("nice-nsaid-response", "Improvement within 48 hours of taking NSAIDs", s("nsaid-response")),
-        criterion("nice-family-history", "A first-degree relative with spondyloarthritis", s("family-history")),
-        criterion("nice-arthritis", "Current or past arthritis", s("arthritis")),
-        criterion("nice-enthesitis", "Current or past enthesitis", s("enthesitis")),
-        criterion("nice-psoriasis", "Current or past psoriasis", s("psoriasis")),
+        _age_before(facts, t.axspa_early_onset_age_years, "nice-onset-before-35"),
+        criterion("nice-night-waking", s("night-waking")),
+        criterion("nice-buttock-pain", s("buttock-pain")),
+        criterion("nice-improves-with-movement", s("improves-with-movement")),
+        criterion("nice-nsaid-response", s("nsaid-response")),
+        criterion("nice-family-history", s("family-history")),
+        criterion("nice-arthritis", s("arthritis")),
+        criterion("nice-enthesitis", s("enthesitis")),
+        criterion("nice-psoriasis", s("psoriasis")),
     )
 
 
@@ -140,15 +136,12 @@ def _lab_finding(result: labs.LabResult, positive: str, negative: str) -> Findin
 def _ibp(facts: PatientFacts) -> Finding:
     """ASAS inflammatory back pain: >= 4 of 5 parameters (onset < 40, insidious onset, improvement with
     exercise, no improvement with rest, pain at night)."""
-    onset_age = facts.episode.onset_age
-    onset = (
-        Finding(State.NOT_DOCUMENTED)
-        if onset_age is None
-        else Finding(
-            State.MET if onset_age < 40 else State.NOT_MET,
-            (facts.episode.onset_evidence,) if facts.episode.onset_evidence else (),
-        )
-    )
+    ages = facts.episode.onset_age_range
+    evidence = (facts.episode.onset_evidence,) if facts.episode.onset_evidence else ()
+    if ages is None or ages[0] < 40 <= ages[1]:
+        onset = Finding(State.NOT_DOCUMENTED)
+    else:
+        onset = Finding(State.MET if ages[1] < 40 else State.NOT_MET, evidence)
     parts = {
         "age at onset < 40": onset,
         "insidious onset": facts.symptom("insidious-onset"),
@@ -170,18 +163,14 @@ def _ibp(facts: PatientFacts) -> Finding:
 def asas_features(facts: PatientFacts) -> tuple[Criterion, ...]:
     s = facts.symptom
     return (
-        criterion("asas-elevated-crp", "Elevated CRP", _lab_finding(facts.crp, labs.ELEVATED, labs.NOT_ELEVATED)),
-        criterion("asas-hla-b27", "HLA-B27 positive", _lab_finding(facts.hla_b27, labs.POSITIVE, labs.NEGATIVE)),
-        criterion("asas-uveitis", "Uveitis", s("uveitis")),
-        criterion(
-            "asas-inflammatory-bowel-disease",
-            "Crohn's disease or ulcerative colitis",
-            s("inflammatory-bowel-disease"),
-        ),
-        criterion("asas-dactylitis", "Dactylitis", s("dactylitis")),
-        criterion("asas-sacroiliitis", "Sacroiliitis on record", s("sacroiliitis")),
-        criterion("asas-inflammatory-back-pain", "Inflammatory back pain (ASAS criteria)", _ibp(facts)),
-        criterion("asas-morning-stiffness", "Morning stiffness over 30 minutes", s("morning-stiffness")),
+        criterion("asas-elevated-crp", _lab_finding(facts.crp, labs.ELEVATED, labs.NOT_ELEVATED)),
+        criterion("asas-hla-b27", _lab_finding(facts.hla_b27, labs.POSITIVE, labs.NEGATIVE)),
+        criterion("asas-uveitis", s("uveitis")),
+        criterion("asas-inflammatory-bowel-disease", s("inflammatory-bowel-disease")),
+        criterion("asas-dactylitis", s("dactylitis")),
+        criterion("asas-sacroiliitis", s("sacroiliitis")),
+        criterion("asas-inflammatory-back-pain", _ibp(facts)),
+        criterion("asas-morning-stiffness", s("morning-stiffness")),
     )
 
 

@@ -1,7 +1,9 @@
 """Code system URIs and normalisation, so codings from different EHRs compare equal.
 
 EHRs send the same code system under several spellings (OIDs, https, trailing slashes) and ICD-10-CM
-codes with or without the dot. Everything is reduced to one canonical URI and one code spelling before
+codes with or without the dot. WHO ICD-10 (rev 2) is its own system, never an alias of ICD-10-CM: the two
+share most codes but not all (WHO has no M54.50 or M48.061), so value sets list WHO codes explicitly.
+Everything is reduced to one canonical URI and one code spelling before
 any comparison.
 """
 
@@ -12,6 +14,7 @@ from typing import Any
 
 SNOMED = "http://snomed.info/sct"
 ICD10CM = "http://hl7.org/fhir/sid/icd-10-cm"
+ICD10 = "http://hl7.org/fhir/sid/icd-10"  # WHO ICD-10
 LOINC = "http://loinc.org"
 CPT = "http://www.ama-assn.org/go/cpt"
 RXNORM = "http://www.nlm.nih.gov/research/umls/rxnorm"
@@ -25,6 +28,7 @@ V3_ROLE_CODE = "http://terminology.hl7.org/CodeSystem/v3-RoleCode"
 DISPLAY_NAMES = {
     SNOMED: "SNOMED",
     ICD10CM: "ICD-10-CM",
+    ICD10: "ICD-10",
     LOINC: "LOINC",
     CPT: "CPT",
     RXNORM: "RxNorm",
@@ -32,7 +36,7 @@ DISPLAY_NAMES = {
 }
 
 # Hierarchical code systems whose codes nest by prefix: "is-a" is evaluated as a prefix match.
-PREFIX_SYSTEMS = frozenset({ICD10CM, ATC})
+PREFIX_SYSTEMS = frozenset({ICD10CM, ICD10, ATC})
 
 _ALIASES: dict[str, str] = {}
 
@@ -59,6 +63,7 @@ _alias(
     "icd10cm",
     "http://hl7.org/fhir/sid/icd10cm",
 )
+_alias(ICD10, "https://hl7.org/fhir/sid/icd-10", "urn:oid:2.16.840.1.113883.6.3", "icd-10", "icd10")
 _alias(LOINC, "https://loinc.org", "urn:oid:2.16.840.1.113883.6.1", "loinc")
 _alias(
     CPT,
@@ -89,11 +94,11 @@ def normalize_system(system: object) -> str:
 
 
 def normalize_code(system: str, code: object) -> str:
-    """Comparable spelling of a code: ICD-10-CM without dot and upper case, ATC upper case."""
+    """Comparable spelling of a code: ICD-10(-CM) without dot and upper case, ATC upper case."""
     if not isinstance(code, str):
         return ""
     text = code.strip()
-    if system == ICD10CM:
+    if system in (ICD10CM, ICD10):
         return text.replace(".", "").upper()
     if system == ATC:
         return text.upper()

@@ -1,20 +1,62 @@
 """FHIR date handling at day granularity.
 
 FHIR dates may be partial ("2024", "2024-05") and dateTimes carry a time zone. The rules only need
-calendar days, so every value becomes a :class:`DateSpan` (earliest and latest plausible day, taken
-from the date as written, without time-zone conversion). Which end a rule uses is a documented
-choice: onsets and "started at least N weeks ago" use the earliest day; "within the last N days"
-uses the latest day (a partial date counts if any part of it falls in the window).
+calendar days, so every value becomes a :class:`DateSpan` (earliest and latest plausible day).
+(rev 2) A dateTime with an offset is converted to the site's time zone before its day is taken: the
+zone of the evaluation's ``now`` (an aware datetime in CDS_TIMEZONE), installed for one evaluation
+with :func:`site_zone`. Date-only values, and dateTimes without an offset, keep the day as written.
+Which end a rule uses is a documented choice: onsets and "started at least N weeks ago" use the
+earliest day; "within the last N days" uses the latest day
+(a partial date counts if any part of it falls in the window).
 """
 
 from __future__ import annotations
 
 import calendar
 import re
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
-from datetime import date, datetime, timedelta
+from datetime import date, datetime, timedelta, tzinfo
 
 _DATE_RE = re.compile(r"^(\d{4})(?:-(\d{2})(?:-(\d{2}))?)?(?:T.*)?$")
+_OFFSET_RE = re.compile(r"T\d{2}:\d{2}(?::\d{2}(?:\.\d+)?)?(?:Z|[+-]\d{2}:\d{2})$")
+_ZONE: ContextVar[tzinfo | None] = ContextVar("site_zone", default=None)
+
+
+@contextmanager
+def site_zone(zone: tzinfo | None) -> Iterator[None]:
+    """Convert offset dateTimes to *zone* while this block runs (one evaluation; thread/async safe)."""
+    token = _ZONE.set(zone)
+    try:
+        yield
+    finally:
+        _ZONE.reset(token)
+
+
+def zone_of(now: datetime | date) -> tzinfo | None:
+    return now.tzinfo if isinstance(now, datetime) else None
+
+
+def local_day(moment: datetime) -> date:
+    """The calendar day of an instant in the site's zone (naive datetimes: as written)."""
+    zone = _ZONE.get()
+    if zone is not None and moment.tzinfo is not None:
+        return moment.astimezone(zone).date()
+    return moment.date()
+
+
+def _zoned_day(text: str) -> date | None:
+    """The site-zone day of a dateTime with an offset, else None (take the day as written)."""
+    zone = _ZONE.get()
+    if zone is None or not _OFFSET_RE.search(text):
+        return None
+    try:
+        moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return moment.astimezone(zone).date()
 
 
 @dataclass(frozen=True)
@@ -46,14 +88,14 @@ def parse_fhir_date(value: object) -> DateSpan | None:
         if day_s is None:
             last = calendar.monthrange(year, month)[1]
             return DateSpan(date(year, month, 1), date(year, month, last), value)
-        day = date(year, month, int(day_s))
+        day = _zoned_day(value.strip()) or date(year, month, int(day_s))
         return DateSpan(day, day, value)
     except ValueError:
         return None
 
 
 def today_of(now: datetime | date) -> date:
-    """The evaluation day: the calendar date of ``now`` as given (its own time zone)."""
+    """The evaluation day: the calendar date of ``now`` in its own zone (the engine passes it in the site zone)."""
     return now.date() if isinstance(now, datetime) else now
 
 

@@ -6,20 +6,9 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-from cds_service.clinical.facts import Finding, PatientFacts, RedFlag
+from cds_service.clinical.facts import CATEGORY_ORDER, Finding, PatientFacts, RedFlag
 from cds_service.clinical.knowledge import Knowledge
 from cds_service.clinical.model import Criterion, Evidence
-
-CATEGORY_ORDER = ("cauda-equina", "neurological-deficit", "malignancy", "infection", "fracture")
-
-# Preferred imaging per red-flag category (ACR Appropriateness Criteria Low Back Pain 2021).
-PREFERRED_IMAGING = {
-    "cauda-equina": "Emergency assessment and urgent MRI of the lumbar spine",
-    "neurological-deficit": "MRI of the lumbar spine without contrast",
-    "malignancy": "MRI of the lumbar spine without and with contrast",
-    "infection": "MRI of the lumbar spine without and with contrast",
-    "fracture": "Lumbar spine radiograph first (CT or MRI if the radiograph is inconclusive)",
-}
 
 
 def evidence_line(evidence: Evidence) -> str:
@@ -32,15 +21,22 @@ def evidence_line(evidence: Evidence) -> str:
     return f"{text} [{evidence.reference}]"
 
 
-def criterion(cid: str, label: str, finding: Finding) -> Criterion:
-    return Criterion(cid, label, finding.state, finding.evidence, finding.note)
+def criterion(cid: str, *args: Any, **label_params: Any) -> Criterion:
+    """criterion(id, finding, **label_params); the words are in cards/labels/criteria.yaml under the id.
+
+    The older form criterion(id, label_text, finding) is accepted and the text ignored (the label file
+    is the one owner of the wording)."""
+    finding = args[-1]
+    if not isinstance(finding, Finding):
+        raise TypeError(f"criterion {cid!r}: expected a Finding, got {type(finding).__name__}")
+    return Criterion(cid, finding.state, finding.evidence, finding.note, dict(label_params))
 
 
 def criterion_params(criteria: Iterable[Criterion]) -> list[dict[str, Any]]:
     return [
         {
             "id": c.id,
-            "label": c.label,
+            "label_params": dict(c.label_params),
             "state": c.state.value,
             "evidence": [evidence_line(e) for e in c.evidence],
             "note": c.note,
@@ -56,9 +52,9 @@ def base_params(facts: PatientFacts, knowledge: Knowledge) -> dict[str, Any]:
         "partial": facts.partial,
         "missing": list(facts.missing),
         "skipped_resources": list(facts.skipped),
-        "patient_age": facts.age,
+        "patient_age": facts.age_text,
         "patient_sex": facts.sex,
-        "age_over_50": facts.age is not None and facts.age > knowledge.thresholds.age_mention_years,
+        "age_over_50": facts.age_range is not None and facts.age_range[0] > knowledge.thresholds.age_mention_years,
         "duration_days": episode.duration_days,
         "duration_weeks": episode.duration_weeks,
         "onset_date": episode.onset.isoformat() if episode.onset else None,
@@ -77,21 +73,22 @@ def red_flag_params(flags: list[RedFlag]) -> dict[str, Any]:
         return {
             "id": flag.id,
             "category": flag.category,
-            "display": flag.display,
+            "label_params": dict(flag.label_params),
             "evidence": [evidence_line(e) for e in flag.finding.evidence],
         }
 
     categories = list(dict.fromkeys(f.category for f in ordered))
-    preferred = [{"category": c, "text": PREFERRED_IMAGING[c]} for c in categories]
+    # ids of cards/labels/imaging.yaml "preferred" (ACR Appropriateness Criteria Low Back Pain 2021)
+    preferred = [{"category": c, "id": c} for c in categories]
     return {
         "red_flags": [as_dict(f) for f in ordered],
-        "red_flag_names": [f.display for f in ordered],
+        "red_flag_ids": [f.id for f in ordered],
         "red_flag_categories": categories,
         "cauda_equina_features": [as_dict(f) for f in ordered if f.category == "cauda-equina"],
         "preferred_imaging": preferred,
-        "preferred_imaging_text": "; ".join(dict.fromkeys(p["text"] for p in preferred)),
     }
 
 
 def red_flag_criteria(facts: PatientFacts) -> tuple[Criterion, ...]:
-    return tuple(criterion(f"red-flag-{flag.id}", flag.display, flag.finding) for flag in facts.red_flags)
+    """One criterion per red flag; id "red-flag-<flag id>" (label: cards/labels/red-flags.yaml)."""
+    return tuple(criterion(f"red-flag-{flag.id}", flag.finding, **flag.label_params) for flag in facts.red_flags)

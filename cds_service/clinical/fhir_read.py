@@ -9,13 +9,14 @@ from __future__ import annotations
 from datetime import date
 from typing import Any
 
-from cds_service.clinical.codes import concept_text, describe_coding, iter_codings, normalize_system
+from cds_service.clinical.codes import SNOMED, concept_text, describe_coding, iter_codings, normalize_system
 from cds_service.clinical.dates import DateSpan, parse_fhir_date
 from cds_service.clinical.model import Evidence
 
 EXCLUDED_CONDITION_VERIFICATION = frozenset({"entered-in-error", "refuted"})
 ACTIVE_CLINICAL_STATUS = frozenset({"active", "recurrence", "relapse"})
 EXCLUDED_OBSERVATION_STATUS = frozenset({"entered-in-error", "cancelled"})
+ABSENT_VALUE_CODES = {(SNOMED, "2667000"), (SNOMED, "260385009"), (SNOMED, "373067005")}  # absent/negative/no
 
 
 def reference_of(resource: dict[str, Any]) -> str:
@@ -131,3 +132,21 @@ def age_in_years(value: Any) -> float | None:
 
 def span_from_date(day: date, text: str | None = None) -> DateSpan:
     return DateSpan(day, day, text or day.isoformat())
+
+
+def observation_says_absent(obs: dict[str, Any]) -> bool:
+    """An Observation whose value says absent / negative / no (a recorded "no", not a missing datum)."""
+    if obs.get("valueBoolean") is False:
+        return True
+    for coding in iter_codings(obs.get("valueCodeableConcept")):
+        if (normalize_system(coding.get("system")), str(coding.get("code", ""))) in ABSENT_VALUE_CODES:
+            return True
+    return "NEG" in interpretation_codes(obs)
+
+
+def with_display(coding: dict[str, Any] | None, valueset: Any) -> dict[str, Any] | None:
+    """The coding, with the value set's display filled in when the EHR sent none (for evidence text)."""
+    if coding is None or coding.get("display"):
+        return coding
+    display = valueset.display(coding.get("system"), coding.get("code"))
+    return {**coding, "display": display} if display else coding

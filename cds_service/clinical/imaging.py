@@ -1,9 +1,12 @@
 """Imaging appropriateness for draft lumbar spine imaging orders (spec section 2).
 
 One card per lumbar imaging order; the first matching step decides:
-1 cauda equina -> cauda-equina; 2 other red flag -> imaging-appropriate; 3 suspected axSpA and CT/MRI ->
-axspa-sij-imaging; 4 prior lumbar imaging in the window -> repeat-imaging; 5 radicular pain/stenosis,
->= 6 weeks, conservative care, MRI -> imaging-appropriate; 6 otherwise -> imaging-not-indicated.
+1 cauda equina -> cauda-equina; 2 other red flag -> imaging-appropriate (rev 2: the ordered study is
+compared with what the ACR variant rates usually appropriate; when they differ, a suggestion replaces the
+order with the preferred study); 3 suspected axSpA and lumbar imaging of any modality (rev 2) that does not
+already image the SI joints/pelvis -> axspa-sij-imaging; 4 prior lumbar imaging in the window ->
+repeat-imaging; 5 radicular pain/stenosis, >= 6 weeks, conservative care, MRI -> imaging-appropriate (an MRI
+with contrast gets the replace-with-MRI-without-contrast suggestion); 6 otherwise -> imaging-not-indicated.
 Orders that are not lumbar imaging, and orders for patients with no back pain on record and no back
 pain reason on the order, get no card. "6 weeks or more" = duration in days >= 42 (config).
 """
@@ -11,7 +14,6 @@ pain reason on the order, get no card. "6 weeks or more" = duration in days >= 4
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 from cds_service.clinical.axspa import AxSpaAssessment, assess_axspa, axspa_params
@@ -25,7 +27,7 @@ from cds_service.clinical.citations import (
     NICE_NG59,
     NICE_NG65,
 )
-from cds_service.clinical.codes import concept_text, describe_coding
+from cds_service.clinical.codes import describe_coding
 from cds_service.clinical.decision_params import (
     base_params,
     criterion,
@@ -33,8 +35,14 @@ from cds_service.clinical.decision_params import (
     red_flag_criteria,
     red_flag_params,
 )
-from cds_service.clinical.facts import Finding, PatientFacts, RedFlag, order_back_pain_reason
+from cds_service.clinical.facts import Finding, PatientFacts, RedFlag
 from cds_service.clinical.fhir_read import reference_of
+from cds_service.clinical.imaging_orders import (
+    ImagingOrder,
+    lumbar_imaging_orders,
+    order_back_pain_reason,
+    preferred_study,
+)
 from cds_service.clinical.knowledge import Knowledge
 from cds_service.clinical.model import (
     Citation,
@@ -51,62 +59,10 @@ from cds_service.clinical.orders import (
     refer_physiotherapy,
     remove_order,
     replace_with_sij_imaging,
+    replace_with_study,
 )
 
 ORDER_HOOKS = frozenset({"order-select", "order-sign"})
-OPEN_ORDER_STATUSES = frozenset({"draft", "active", "on-hold"})
-MODALITIES = (
-    ("mri", "lumbar-imaging-mri", "MRI"),
-    ("ct", "lumbar-imaging-ct", "CT"),
-    ("xr", "lumbar-imaging-xr", "radiograph"),
-)
-
-
-@dataclass(frozen=True)
-class ImagingOrder:
-    resource: dict[str, Any]
-    reference: str
-    display: str
-    modality: str  # mri / ct / xr
-    modality_display: str
-    coding: dict[str, Any]
-
-
-def _unwrap(entry: Any) -> dict[str, Any] | None:
-    if isinstance(entry, dict) and "resourceType" not in entry and isinstance(entry.get("resource"), dict):
-        return entry["resource"]
-    return entry if isinstance(entry, dict) else None
-
-
-def _selected(order: dict[str, Any], selections: tuple[str, ...]) -> bool:
-    """selections hold "ServiceRequest/<id>" (absolute URLs and version suffixes tolerated)."""
-    wanted = ["ServiceRequest", order.get("id")]
-    for selection in selections:
-        if isinstance(selection, str):
-            parts = selection.split("/_history/")[0].rstrip("/").split("/")
-            if parts[-2:] == wanted:
-                return True
-    return False
-
-
-def lumbar_imaging_orders(record: PatientRecord, knowledge: Knowledge, hook: str) -> list[ImagingOrder]:
-    """The draft lumbar imaging ServiceRequests this hook is about (order-select: only the selections)."""
-    found: list[ImagingOrder] = []
-    for entry in record.draft_orders:
-        order = _unwrap(entry)
-        if not order or order.get("resourceType") != "ServiceRequest":
-            continue
-        if order.get("status") is not None and order.get("status") not in OPEN_ORDER_STATUSES:
-            continue
-        if hook == "order-select" and not _selected(order, record.selections):
-            continue
-        for modality, vs_id, modality_display in MODALITIES:
-            coding = knowledge.match(vs_id, order.get("code"))
-            if coding:
-                display = concept_text(order.get("code")) or modality_display
-                found.append(ImagingOrder(order, reference_of(order), display, modality, modality_display, coding))
-                break
-    return found
 
 
 def _order_params(order: ImagingOrder, step: int, from_reason: bool) -> dict[str, Any]:
@@ -114,7 +70,8 @@ def _order_params(order: ImagingOrder, step: int, from_reason: bool) -> dict[str
         "order_reference": order.reference,
         "order_display": order.display,
         "order_modality": order.modality,
-        "order_modality_display": order.modality_display,
+        "order_study": order.study,
+        "order_from_text": order.from_text,
         "imaging_step": step,
         "back_pain_from_order_reason": from_reason,
     }
@@ -164,21 +121,13 @@ def evaluate_order(
     base = base_params(facts, knowledge)
     pain_evidence = facts.episode.conditions + ((reason,) if reason else ())
     criteria: list[Criterion] = [
-        criterion(
-            "imaging-lumbar-order",
-            f"Lumbar spine {order.modality_display} order",
-            _met((_order_evidence(order),)),
-        ),
-        criterion("imaging-back-pain", "Low back pain on record or as the order's reason", _met(pain_evidence)),
+        criterion("imaging-lumbar-order", _met((order.evidence(),)), modality=order.modality),
+        criterion("imaging-back-pain", _met(pain_evidence)),
     ]
     flags = facts.met_red_flags()
     cauda = [f for f in flags if f.category == "cauda-equina"]
     criteria.append(
-        criterion(
-            "imaging-cauda-equina",
-            "Cauda equina features",
-            _red_flag_group([f for f in facts.red_flags if f.category == "cauda-equina"]),
-        )
+        criterion("imaging-cauda-equina", _red_flag_group([f for f in facts.red_flags if f.category == "cauda-equina"]))
     )
     from_reason = not facts.episode.present
     reasons = list(order.resource.get("reasonCode") or [])
@@ -212,39 +161,35 @@ def evaluate_order(
         )
     others = [f for f in flags if f.category != "cauda-equina"]
     criteria.append(
-        criterion(
-            "imaging-red-flags",
-            "Other red flags",
-            _red_flag_group([f for f in facts.red_flags if f.category != "cauda-equina"]),
-        )
+        criterion("imaging-red-flags", _red_flag_group([f for f in facts.red_flags if f.category != "cauda-equina"]))
     )
-    # Step 2: other red flags -- imaging appropriate, with the modality the ACR variant prefers.
+    # Step 2: other red flags -- imaging appropriate; (rev 2) the ordered study is compared with the studies
+    # the ACR variant rates usually appropriate, and a differing order gets a replace suggestion (never remove).
     if others:
+        categories = list(dict.fromkeys(f.category for f in others))
+        preferred = preferred_study(categories, order)
         return decision(
             "imaging-appropriate",
             2,
             (ACR_LBP_2021, ACP_APS_2007, NICE_NG59),
-            {"reason": "red-flag", **red_flag_params(others)},
+            {"reason": "red-flag", **red_flag_params(others), **_preference(order, preferred)},
+            _replace(ctx, order, preferred, reasons),
             more=red_flag_criteria(facts),
         )
     # Step 3: suspected axSpA and a lumbar CT/MRI -- image the SI joints instead.
     axspa = assess_axspa(facts, knowledge, reason)
     criteria.append(
-        criterion(
-            "imaging-suspected-axspa",
-            "Suspected axial spondyloarthritis (NICE NG65)",
-            _state(axspa.suspected, note=f"NICE NG65 assessment: {axspa.outcome}"),
-        )
+        criterion("imaging-suspected-axspa", _state(axspa.suspected, note=f"NICE NG65 assessment: {axspa.outcome}"))
     )
-    if axspa.suspected and order.modality in ("ct", "mri"):
+    if axspa.suspected and order.images_sacroiliac:
+        criteria.append(
+            criterion("imaging-order-images-sij", _met((order.evidence(),), "the order already images the SI joints"))
+        )
+    if axspa.suspected and not order.images_sacroiliac:
         suggestions = _try(
             lambda: replace_with_sij_imaging(ctx, order.reference, order.display, reasons, _evidence_refs(axspa))
         )
-        extra = {
-            **axspa_params(facts, axspa),
-            "sij_order_display": "XR Sacroiliac Joint Views",
-            "sij_imaging_text": "Radiograph of the sacroiliac joints first; MRI of the SI joints if unclear",
-        }
+        extra = {**axspa_params(facts, axspa), "sij_study": "xr-sacroiliac-joints"}
         return decision(
             "axspa-sij-imaging",
             3,
@@ -256,11 +201,7 @@ def evaluate_order(
     # Step 4: repeat imaging within the window.
     window = t.prior_imaging_window_months
     criteria.append(
-        criterion(
-            "imaging-prior-imaging",
-            f"Lumbar imaging in the last {window} months",
-            _state(bool(facts.prior_imaging), facts.prior_imaging),
-        )
+        criterion("imaging-prior-imaging", _state(bool(facts.prior_imaging), facts.prior_imaging), months=window)
     )
     if facts.prior_imaging:
         prior = [{"reference": e.reference, "display": e.text, "date": e.date} for e in facts.prior_imaging]
@@ -285,10 +226,9 @@ def evaluate_order(
     radicular = _radicular_with_order_reason(facts.radicular, order.resource, knowledge)
     criteria.extend(
         [
-            criterion("imaging-radicular", "Radicular pain or spinal stenosis", radicular),
+            criterion("imaging-radicular", radicular),
             criterion(
                 "imaging-duration-6-weeks",
-                f"Back pain for {t.imaging_defer_weeks} weeks or more",
                 Finding(State.NOT_DOCUMENTED, (), "onset not documented")
                 if duration is None
                 else _state(
@@ -296,17 +236,15 @@ def evaluate_order(
                     (facts.episode.onset_evidence,) if facts.episode.onset_evidence else (),
                     f"{duration} days" + (f"; {facts.episode.onset_note}" if facts.episode.onset_note else ""),
                 ),
+                weeks=t.imaging_defer_weeks,
             ),
-            criterion(
-                "imaging-conservative-care",
-                f"Conservative care begun at least {t.conservative_care_min_weeks} weeks ago",
-                care,
-            ),
-            criterion("imaging-order-is-mri", "The order is an MRI", _state(order.modality == "mri")),
+            criterion("imaging-conservative-care", care, weeks=t.conservative_care_min_weeks),
+            criterion("imaging-order-is-mri", _state(order.modality == "mri")),
         ]
     )
     care_lines = [evidence_line(e) for e in care.evidence] if care.met else []
     if radicular.met and long_enough and care.met and order.modality == "mri":
+        preferred = preferred_study(["radicular"], order)
         return decision(
             "imaging-appropriate",
             5,
@@ -314,8 +252,9 @@ def evaluate_order(
             {
                 "reason": "radicular-surgical-candidate",
                 "conservative_care_evidence": care_lines,
-                "preferred_imaging_text": "MRI of the lumbar spine without contrast",
+                **_preference(order, preferred, "mri-without-contrast"),
             },
+            _replace(ctx, order, preferred, reasons),
         )
     # Step 6: imaging not indicated.
     if duration is None:
@@ -339,8 +278,20 @@ def evaluate_order(
     )
 
 
-def _order_evidence(order: ImagingOrder) -> Evidence:
-    return Evidence(order.reference, f"Draft order: {describe_coding(order.coding)}")
+def _preference(order: ImagingOrder, preferred: str | None, default: str | None = None) -> dict[str, Any]:
+    """Decision params of the ordered-versus-preferred comparison (study ids: cards/labels/imaging.yaml)."""
+    return {
+        "ordered_study": order.study,
+        "preferred_study": preferred or default or order.study,
+        "order_matches_preferred": preferred is None,
+    }
+
+
+def _replace(ctx: OrderContext, order: ImagingOrder, preferred: str | None, reasons: list[Any]) -> list[SuggestionSpec]:
+    """Replace the draft with the preferred study (delete + create, carrying its reasonCode); none if it matches."""
+    if preferred is None:
+        return []
+    return _try(lambda: replace_with_study(ctx, order.reference, order.display, preferred, reasons))
 
 
 def _evidence_refs(assessment: AxSpaAssessment) -> list[str]:

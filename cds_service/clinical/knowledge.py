@@ -32,6 +32,7 @@ from cds_service.clinical.codes import PREFIX_SYSTEMS, normalize_code, normalize
 DATA_DIR = Path(__file__).resolve().parent.parent / "data"
 VALUESET_DIR = DATA_DIR / "valuesets"
 THRESHOLDS_FILE = DATA_DIR / "thresholds.yaml"
+IMAGING_TEXT_FILE = DATA_DIR / "imaging-order-text.yaml"
 FHIR_DIR = DATA_DIR / "fhir"
 
 CANONICAL_BASE = "http://example.org/fhir/lbp-cds"
@@ -72,6 +73,7 @@ class Thresholds:
     axspa_entry_min_months: int
     axspa_early_onset_age_years: int
     self_management_max_weeks: int
+    minimum_age_years: int
 
     @classmethod
     def from_mapping(cls, data: Mapping[str, Any], source: str) -> Thresholds:
@@ -221,12 +223,57 @@ class ValueSet:
         return self.exact.get((sys_n, normalize_code(sys_n, code))) or None
 
 
+@dataclass(frozen=True)
+class ImagingText:
+    """Compiled patterns of data/imaging-order-text.yaml (text-only lumbar imaging orders, rev 2)."""
+
+    lumbar: tuple[re.Pattern[str], ...] = ()
+    modality: tuple[tuple[str, tuple[re.Pattern[str], ...]], ...] = ()
+    contrast: tuple[tuple[str, tuple[re.Pattern[str], ...]], ...] = ()
+    excluded: tuple[re.Pattern[str], ...] = ()
+    sacroiliac: tuple[re.Pattern[str], ...] = ()
+
+    @classmethod
+    def load(cls, path: Path = IMAGING_TEXT_FILE) -> ImagingText:
+        try:
+            raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+        except (OSError, yaml.YAMLError) as exc:
+            raise KnowledgeError(f"{path}: cannot read imaging text patterns: {exc}") from exc
+
+        def compile_all(values: Any, where: str) -> tuple[re.Pattern[str], ...]:
+            if not isinstance(values, list) or not all(isinstance(v, str) for v in values):
+                raise KnowledgeError(f"{path}: {where}: expected a list of regular expressions")
+            try:
+                return tuple(re.compile(v, re.IGNORECASE) for v in values)
+            except re.error as exc:
+                raise KnowledgeError(f"{path}: {where}: invalid regex: {exc}") from exc
+
+        def groups(name: str) -> tuple[tuple[str, tuple[re.Pattern[str], ...]], ...]:
+            value = raw.get(name)
+            if not isinstance(value, dict):
+                raise KnowledgeError(f"{path}: {name}: expected a mapping of class to patterns")
+            return tuple((str(k), compile_all(v, f"{name}.{k}")) for k, v in value.items())
+
+        if not isinstance(raw, dict):
+            raise KnowledgeError(f"{path}: expected a mapping")
+        return cls(
+            compile_all(raw.get("lumbar"), "lumbar"),
+            groups("modality"),
+            groups("contrast"),
+            compile_all(raw.get("not", []), "not"),
+            compile_all(raw.get("sacroiliac", []), "sacroiliac"),
+        )
+
+
 class Knowledge:
     """Value sets + thresholds. Build with :meth:`load`; immutable in use (shared across requests)."""
 
-    def __init__(self, valuesets: dict[str, ValueSet], thresholds: Thresholds) -> None:
+    def __init__(
+        self, valuesets: dict[str, ValueSet], thresholds: Thresholds, imaging_text: ImagingText | None = None
+    ) -> None:
         self._valuesets = valuesets
         self.thresholds = thresholds
+        self.imaging_text = imaging_text if imaging_text is not None else ImagingText.load()
         self._any = ValueSet("*", "", "all codes", "")
         for vs in valuesets.values():
             self._any.merge(vs)
@@ -253,7 +300,7 @@ class Knowledge:
         if site_config is not None:
             thresholds = _apply_site_config(Path(site_config), compiled, thresholds)
         _resolve_includes(compiled)
-        return cls(compiled, thresholds)
+        return cls(compiled, thresholds, ImagingText.load())
 
     # -- queries ---------------------------------------------------------------------------------
     @property
@@ -371,9 +418,11 @@ def _apply_site_config(path: Path, valuesets: dict[str, ValueSet], thresholds: T
         return thresholds
     if not isinstance(config, dict):
         raise KnowledgeError(f"{source}: expected a mapping with 'valuesets' and/or 'thresholds'")
-    unknown = sorted(set(config) - {"valuesets", "thresholds"})
+    # rollout and suppression are go-live governance, read by cds_service.rollout (not clinical knowledge)
+    unknown = sorted(set(config) - {"valuesets", "thresholds", "rollout", "suppression"})
     if unknown:
-        raise KnowledgeError(f"{source}: unknown top-level key(s) {unknown}; allowed: valuesets, thresholds")
+        raise KnowledgeError(f"{source}: unknown top-level key(s) {unknown}; allowed: valuesets, thresholds, "
+                             "rollout, suppression")
     sets = config.get("valuesets") or {}
     if not isinstance(sets, dict):
         raise KnowledgeError(f"{source}: valuesets: expected a mapping of value set id to a list of codes")

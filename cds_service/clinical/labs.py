@@ -2,8 +2,11 @@
 
 CRP is elevated when above the result's own referenceRange.high; else by interpretation H/HH; else
 when above the configured limit in mg/L (mg/dL x10). A result we cannot read (unknown unit, no range,
-no interpretation) is "not documented" -- never "normal". HLA-B27 is positive/negative from
-valueCodeableConcept (SNOMED 10828004 / 260385009), valueString, or interpretation POS/NEG.
+no interpretation) is "not documented" -- never "normal". (rev 2) High-sensitivity CRP is judged against
+the mg/L limit only: its reference ranges and H flags are cardiovascular-risk bands, not inflammation.
+HLA-B27 is positive/negative from valueCodeableConcept (SNOMED 10828004 / 260385009, LOINC LA6576-8 /
+LA6577-6), valueString or the concept's text ("positive/detected/POS/+/present", "negative/not
+detected/NEG/-/absent", any case), or interpretation POS/NEG; only final/amended/corrected results count.
 """
 
 from __future__ import annotations
@@ -36,8 +39,9 @@ _TO_MG_PER_L = {
 # LA6577-6 Negative; beyond the spec's list, same meaning)
 _POSITIVE_CODES = {(SNOMED, "10828004"), ("http://loinc.org", "LA6576-8")}
 _NEGATIVE_CODES = {(SNOMED, "260385009"), ("http://loinc.org", "LA6577-6")}
-_POSITIVE_STRINGS = {"positive", "detected"}
-_NEGATIVE_STRINGS = {"negative", "not detected"}
+_POSITIVE_STRINGS = {"positive", "detected", "pos", "+", "present"}
+_NEGATIVE_STRINGS = {"negative", "not detected", "neg", "-", "absent", "not present"}
+HLA_B27_STATUSES = frozenset({"final", "amended", "corrected"})
 
 
 @dataclass(frozen=True)
@@ -70,12 +74,23 @@ def _format_number(value: float) -> str:
     return f"{value:g}"
 
 
-def interpret_crp(observation: dict[str, Any], limit_mg_per_l: float) -> LabResult:
+def interpret_crp(observation: dict[str, Any], limit_mg_per_l: float, *, high_sensitivity: bool = False) -> LabResult:
     span = observation_span(observation)
     q = quantity(observation.get("valueQuantity"))
     value_text = f"{_format_number(q[0])} {q[1] or ''}".strip() if q else None
-    evidence = evidence_for(observation, None, span, value=value_text, text="C-reactive protein")
+    text = "C-reactive protein (high sensitivity)" if high_sensitivity else "C-reactive protein"
+    evidence = evidence_for(observation, None, span, value=value_text, text=text)
     mg = to_mg_per_l(*q) if q else None
+
+    if high_sensitivity:
+        if mg is None:
+            why = "without a value" if q is None else f"in unit {q[1]!r}, which cannot be converted to mg/L"
+            return LabResult(NOT_DOCUMENTED, evidence if q else None, span, value_text, None, f"hs-CRP result {why}")
+        limit = _format_number(limit_mg_per_l)
+        note = (
+            f"high-sensitivity CRP compared with {limit} mg/L only (its reference range is a cardiovascular-risk band)"
+        )
+        return LabResult(ELEVATED if mg > limit_mg_per_l else NOT_ELEVATED, evidence, span, value_text, mg, note)
 
     if q is not None:
         for ref_range in observation.get("referenceRange") or []:
@@ -136,12 +151,14 @@ def interpret_hla_b27(observation: dict[str, Any]) -> LabResult:
             state, value_text = NEGATIVE, coding.get("display") or "Negative"
         if state != NOT_DOCUMENTED:
             break
-    # free text: valueString, or the text of an uncoded valueCodeableConcept
-    free_text = observation.get("valueString")
-    if not isinstance(free_text, str) and isinstance(concept, dict):
-        free_text = concept.get("text")
-    if state == NOT_DOCUMENTED and isinstance(free_text, str):
-        text = " ".join(free_text.strip().lower().split())
+    # free text: valueString, the text of a valueCodeableConcept, or a local coding's display
+    texts = [observation.get("valueString")]
+    if isinstance(concept, dict):
+        texts += [concept.get("text")] + [c.get("display") for c in iter_codings(concept)]
+    for free_text in texts:
+        if state != NOT_DOCUMENTED or not isinstance(free_text, str):
+            continue
+        text = " ".join(free_text.strip().lower().rstrip(".").split())
         if text in _POSITIVE_STRINGS:
             state, value_text = POSITIVE, free_text
         elif text in _NEGATIVE_STRINGS:

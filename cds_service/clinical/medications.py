@@ -1,4 +1,8 @@
-"""Medication classification and treatment periods from MedicationRequests.
+"""Medication classification and treatment periods from MedicationRequests and MedicationStatements.
+
+(rev 2) A MedicationStatement counts like a MedicationRequest (over-the-counter NSAIDs are usually recorded
+only that way) when its status is active, completed or intended; its period is effectivePeriod (start, end)
+or effectiveDateTime, else dateAsserted as the start; an active statement without an end runs until today.
 
 Classes (value sets): nsaid-analgesic, systemic-corticosteroid, immunosuppressant -- by RxNorm/ATC
 code first, then by ingredient name in the medication text (RxNorm clinical drug codes are too many to
@@ -26,6 +30,7 @@ from cds_service.clinical.model import Evidence
 
 MEDICATION_CLASSES = ("nsaid-analgesic", "systemic-corticosteroid", "immunosuppressant")
 IGNORED_REQUEST_STATUSES = frozenset({"entered-in-error", "cancelled", "draft"})
+READ_STATEMENT_STATUSES = frozenset({"active", "completed", "intended"})
 CURRENT_REQUEST_STATUSES = frozenset({"active", "on-hold"})
 _NON_SYSTEMIC = re.compile(
     r"\b(topical|cream|ointment|gel|lotion|patch|ophthalmic|eye|otic|ear|nasal|inhal\w*|inhaler|spray|drops?)\b"
@@ -169,18 +174,52 @@ def treatment_period(request: dict[str, Any], today: date) -> tuple[date | None,
     return start, end_day, first.text
 
 
+def statement_period(statement: dict[str, Any], today: date) -> tuple[date | None, date | None, str | None]:
+    """(start, end capped at today, start text) of one MedicationStatement; see module docstring."""
+    period = statement.get("effectivePeriod") or {}
+    first = (
+        parse_fhir_date(statement.get("effectiveDateTime"))
+        or parse_fhir_date(period.get("start"))
+        or parse_fhir_date(statement.get("dateAsserted"))
+    )
+    if first is None:
+        return None, None, None
+    start = first.earliest
+    ends: list[date] = []
+    end_span = parse_fhir_date(period.get("end"))
+    if end_span:
+        ends.append(end_span.latest)
+    for dosage in statement.get("dosage") or []:
+        bounds = (((dosage or {}).get("timing") or {}).get("repeat") or {}).get("boundsPeriod") or {}
+        span = parse_fhir_date(bounds.get("end"))
+        if span:
+            ends.append(span.latest)
+    end_day: date | None = max(ends) if ends else None
+    if statement.get("status") == "active" and (end_day is None or end_day > today):
+        end_day = today
+    if end_day is not None:
+        end_day = min(end_day, today)
+        if end_day < start:
+            end_day = None
+    return start, end_day, first.text
+
+
 def medication_uses(
-    requests: list[dict[str, Any]], medications: dict[str, dict[str, Any]], knowledge: Knowledge, today: date
+    records: list[dict[str, Any]], medications: dict[str, dict[str, Any]], knowledge: Knowledge, today: date
 ) -> list[MedicationUse]:
+    """Classified uses from MedicationRequests and MedicationStatements (statuses filtered per type)."""
     uses: list[MedicationUse] = []
-    for request in requests:
-        if request.get("status") in IGNORED_REQUEST_STATUSES:
+    for request in records:
+        is_statement = request.get("resourceType") == "MedicationStatement"
+        if is_statement and request.get("status") not in READ_STATEMENT_STATUSES:
+            continue
+        if not is_statement and request.get("status") in IGNORED_REQUEST_STATUSES:
             continue
         concept = medication_concept(request, medications)
         if concept is None:
             continue
         text = concept_text(concept) or reference_of(request)
-        start, end, start_text = treatment_period(request, today)
+        start, end, start_text = statement_period(request, today) if is_statement else treatment_period(request, today)
         for med_class, matched_by in classify(concept, knowledge):
             uses.append(MedicationUse(request, med_class, text, matched_by, start, end, start_text))
     return uses

@@ -32,13 +32,16 @@ class Evidence:
 
 @dataclass(frozen=True)
 class Criterion:
-    """A named criterion evaluated for one decision (shown as a checklist line on the card)."""
+    """A criterion evaluated for one decision (shown as a checklist line on the card).
+
+    Its words live in cards/labels/criteria.yaml under its id; label_params fill the label's
+    placeholders (e.g. {"age": 35} for "Back pain began before age {age}")."""
 
     id: str  # stable id, e.g. "nice-onset-before-35"
-    label: str  # plain-language label, e.g. "Back pain began before age 35"
     state: State
     evidence: tuple[Evidence, ...] = ()
     note: str | None = None  # e.g. "onset taken from recordedDate"
+    label_params: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -86,6 +89,9 @@ class PatientRecord:
     resources holds every resource from prefetch and FHIR fetches (Bundles already unpacked,
     duplicates by type/id removed). draft_orders are the context's draftOrders entries.
     missing lists prefetch keys that could not be obtained (only when partial answers are allowed).
+    temperatures_complete_since (rev 2): None = the body temperatures in resources are complete for the
+    whole fever window; a datetime T = they are known complete only from T to now (a "latest N" search was
+    cut off and the rest of the window could not be fetched), so fever before T is not documented.
     """
 
     patient_id: str
@@ -96,11 +102,12 @@ class PatientRecord:
     encounter_id: str | None = None
     user_id: str | None = None
     missing: tuple[str, ...] = ()
+    temperatures_complete_since: datetime | None = None
 
 
 @dataclass(frozen=True)
 class EvaluationInput:
-    """What a service's evaluate function receives."""
+    """What a service's evaluate function receives. ``now`` is aware, in the site's zone (CDS_TIMEZONE)."""
 
     hook: str
     record: PatientRecord

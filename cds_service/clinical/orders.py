@@ -43,6 +43,30 @@ HLA_B27_LAB = Code(LOINC, "4821-5", "HLA-B27 [Presence]")
 SIJ_XR_LOINC = Code(LOINC, "24900-3", "XR Sacroiliac Joint Views")
 SIJ_XR_CPT = Code(CPT, "72200", "Radiologic examination, sacroiliac joints; less than 3 views")
 LABS = {"crp": ("CRP", CRP_LAB), "hla-b27": ("HLA-B27", HLA_B27_LAB)}
+# The lumbar study a replace suggestion creates (imaging step 2 / 5, rev 2), LOINC first then CPT.
+STUDY_CODES: dict[str, tuple[Code, Code]] = {
+    "mri-without-contrast": (
+        Code(LOINC, "30679-5", "MR Lumbar spine WO contrast"),
+        Code(CPT, "72148", "Magnetic resonance imaging, spinal canal and contents, lumbar; without contrast material"),
+    ),
+    "mri-without-and-with-contrast": (
+        Code(LOINC, "24967-2", "MR Lumbar spine WO and W contrast IV"),
+        Code(
+            CPT,
+            "72158",
+            "Magnetic resonance imaging, spinal canal and contents, lumbar; without contrast material, "
+            "followed by contrast material(s) and further sequences",
+        ),
+    ),
+    "xr": (
+        Code(LOINC, "24972-2", "XR Lumbar spine Views"),
+        Code(CPT, "72100", "Radiologic examination, spine, lumbosacral; 2 or 3 views"),
+    ),
+    "ct-without-contrast": (
+        Code(LOINC, "30620-9", "CT Lumbar spine WO contrast"),
+        Code(CPT, "72131", "Computed tomography, lumbar spine; without contrast material"),
+    ),
+}
 
 CATEGORY_LAB = {"system": CATEGORY, "code": "108252007", "display": "Laboratory procedure"}
 CATEGORY_IMAGING = {"system": CATEGORY, "code": "363679005", "display": "Imaging"}
@@ -271,4 +295,32 @@ def replace_with_sij_imaging(
         actions,
         True,
         {"order_display": order_display, "replacement_display": SIJ_XR_LOINC.display},
+    )
+
+
+def replace_with_study(
+    ctx: OrderContext, order_reference: str, order_display: str, study: str, reason_codes: Iterable[Any]
+) -> SuggestionSpec:
+    """Delete the draft lumbar imaging order and create the study the ACR variant prefers (rev 2), carrying
+    the draft's reasonCode. Never a bare "remove": a red flag is present."""
+    loinc, cpt = STUDY_CODES[study]
+    resource = service_request(
+        ctx,
+        loinc,
+        kind="replace-with-preferred-imaging",
+        intent="order",
+        category=CATEGORY_IMAGING,
+        reason_codes=reason_codes,
+        extra_codings=(cpt,),
+        source=order_reference,
+    )
+    actions = (
+        {"type": "delete", "description": f"Remove the draft order: {order_display}", "resourceId": order_reference},
+        _create(f"Order {loinc.display}", resource),
+    )
+    return SuggestionSpec(
+        "replace-with-preferred-imaging",
+        actions,
+        True,
+        {"order_display": order_display, "replacement_display": loinc.display, "study": study},
     )

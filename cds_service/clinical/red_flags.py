@@ -21,11 +21,7 @@ def evaluate_red_flags(facts: PatientFacts, knowledge: Knowledge) -> list[Decisi
         return []
     cauda_equina = any(f.category == "cauda-equina" for f in flags)
     topic = "cauda-equina" if cauda_equina else "red-flag"
-    episode = criterion(
-        "red-flag-back-pain-episode",
-        "Active low back pain episode",
-        Finding(State.MET, facts.episode.conditions),
-    )
+    episode = criterion("red-flag-back-pain-episode", Finding(State.MET, facts.episode.conditions))
     return [
         Decision(
             topic=topic,

@@ -14,7 +14,9 @@ are shifted to the evaluation day before use. Two shift modes, chosen per fixtur
 
 In both modes ``birthDate`` is then nudged by up to two days, if needed, so that the patient's age
 in completed years on every other date of the fixture (and on "now") is what it was at the anchor:
-leap days would otherwise turn "exactly 35 at onset" into "34".
+leap days would otherwise turn "exactly 35 at onset" into "34". A birth YEAR alone ("1956", clinical
+rules rev 2: an age range) moves by the difference in calendar years, so the range stays the same
+(except when "now" is 31 December, where a year-only birth date gives one age).
 
 ``prefetch_for`` executes the service's prefetch templates against a fixture's resources, so tests,
 the validation report and the console can build full-prefetch requests without a FHIR server.
@@ -189,6 +191,8 @@ def shift_dates(data: Any, anchor: date, shift_to: date | None, mode: str = "day
     def visit(key: str, text: str) -> str:
         parsed = _parse_day(text)
         if not parsed:
+            if key == "birthDate" and re.fullmatch(r"\d{4}", text):
+                return str(int(text) + shift_to.year - anchor.year)
             return text
         day, rest = parsed
         new = _new_day(day, anchor, shift_to, mode)

@@ -22,19 +22,18 @@ def criteria() -> tuple[Criterion, ...]:
     return (
         Criterion(
             "nice-onset-before-35",
-            "Back pain began before age 35",
             State.MET,
             (Evidence("Condition/c1", "Low back pain (SNOMED 279039007)", "2024-03-01", "age at onset 29"),),
+            label_params={"age": 35},
         ),
-        Criterion("nice-buttock-pain", "Buttock pain", State.NOT_DOCUMENTED),
-        Criterion("nice-psoriasis", "Current or past psoriasis", State.NOT_MET, note="no psoriasis on record"),
+        Criterion("nice-buttock-pain", State.NOT_DOCUMENTED),
+        Criterion("nice-psoriasis", State.NOT_MET, note="no psoriasis on record"),
         Criterion(
             "asas-elevated-crp",
-            "Elevated CRP",
             State.MET,
             (Evidence("Observation/o1", "C-reactive protein", "2026-05-01T08:00:00Z", "14 mg/L"),),
         ),
-        Criterion("entry-onset-before-45", "Back pain began before age 45", State.MET),
+        Criterion("entry-onset-before-45", State.MET, label_params={"age": 45}),
     )
 
 

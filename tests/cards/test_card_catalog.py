@@ -59,11 +59,13 @@ def test_suggestion_kinds_cover_the_clinical_contract(catalog: CardCatalog) -> N
         "axspa-sij-imaging": {"replace-with-sij-imaging"},
         "axspa-referral": {"refer-rheumatology", "refer-rheumatology-with-labs"},
         "axspa-hla-b27": {"order-hla-b27"},
+        # rev 2 (spec section 2, step 2): an ordered study that differs from the preferred one is replaced
+        "imaging-appropriate": {"replace-with-preferred-imaging"},
     }
     for topic, expected in kinds.items():
         assert expected <= set(catalog.cards[topic].suggestion_labels), topic
         assert catalog.cards[topic].selection_behavior in ("any", "at-most-one")
-    for topic in ("cauda-equina", "red-flag", "imaging-appropriate", "self-management"):
+    for topic in ("cauda-equina", "red-flag", "self-management"):
         assert not catalog.cards[topic].suggestion_labels, f"{topic} must not suggest anything"
 
 

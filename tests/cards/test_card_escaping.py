@@ -81,7 +81,6 @@ def test_card_detail_escapes_every_data_value(catalog: CardCatalog) -> None:
             "criteria": (
                 Criterion(
                     "red-flag-history-of-cancer",
-                    evil,
                     State.MET,
                     (Evidence("Condition/1", evil, "2026-01-01", evil),),
                     note=evil,
@@ -90,9 +89,9 @@ def test_card_detail_escapes_every_data_value(catalog: CardCatalog) -> None:
             "params": {
                 **base.params,
                 "red_flags": [
-                    {"id": "history-of-cancer", "category": "malignancy", "display": evil, "evidence": [evil]}
+                    {"id": evil, "category": "malignancy", "evidence": [evil]}
                 ],
-                "preferred_imaging": [{"category": "malignancy", "text": evil}],
+                "preferred_imaging": [{"category": "malignancy", "id": evil}],
             },
         }
     )

@@ -51,8 +51,10 @@ def test_invalid_patient_is_skipped_and_reported(facts_of) -> None:
     assert any(s.startswith("Patient/p1") for s in facts.skipped)
 
 
-def test_partial_birthdate_never_overstates_age(facts_of) -> None:
-    assert facts_of(record(pat=patient(str(TODAY.year - 70)))).age == 69  # born some day in that year
+def test_partial_birthdate_gives_an_age_range(facts_of) -> None:
+    # spec section 1 (rev 2): a birth year alone is an age range, never one age stated as fact
+    facts = facts_of(record(pat=patient(str(TODAY.year - 70))))
+    assert facts.age is None and facts.age_range == (69, 70) and facts.age_text == "69–70"
 
 
 # -- episode --------------------------------------------------------------------------------------

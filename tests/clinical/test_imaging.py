@@ -55,16 +55,19 @@ def test_step1_cauda_equina_never_removes_the_order(run) -> None:
 def test_step2_red_flags_make_imaging_appropriate(run) -> None:
     card = one(sign(run, lbp(3), condition("C50.911", ICD, clinical="resolved"), orders=[xr_order(rid="o1")]))
     assert (card.topic, card.rule, card.params["reason"]) == ("imaging-appropriate", "imaging.step-2", "red-flag")
-    assert card.params["red_flag_names"] == ["History of cancer"]
-    assert "without and with contrast" in card.params["preferred_imaging_text"]
+    assert card.params["red_flag_ids"] == ["history-of-cancer"]
+    assert [p["id"] for p in card.params["preferred_imaging"]] == ["malignancy"]
     assert card.params["order_modality"] == "xr"
-    assert card.suggestions == ()
+    # rev 2: a radiograph for suspected cancer differs from the preferred MRI: replace, never remove
+    assert card.params["order_matches_preferred"] is False
+    assert card.params["preferred_study"] == "mri-without-and-with-contrast"
+    assert [s.kind for s in card.suggestions] == ["replace-with-preferred-imaging"]
 
 
 def test_step2_fracture_risk_prefers_radiograph(run) -> None:
     card = one(sign(run, lbp(3), pat=patient(age_birth(70))))
     assert card.topic == "imaging-appropriate"
-    assert card.params["preferred_imaging_text"].startswith("Lumbar spine radiograph first")
+    assert [p["id"] for p in card.params["preferred_imaging"]] == ["fracture"]
 
 
 def test_age_69_is_not_a_red_flag(run) -> None:
@@ -89,13 +92,14 @@ def test_step3_suspected_axspa_with_mri_replaces_with_sij_imaging(run) -> None:
     codes = {(c["system"], c["code"]) for c in create["resource"]["code"]["coding"]}
     assert codes == {(LOINC, "24900-3"), (CPT, "72200")}
     assert create["resource"]["reasonCode"] == order["reasonCode"]
-    assert card.params["nice_met_count"] == 4 and card.params["sij_order_display"]
+    assert card.params["nice_met_count"] == 4 and card.params["sij_study"] == "xr-sacroiliac-joints"
 
 
-def test_step3_applies_to_ct_but_not_radiograph(run) -> None:
+def test_step3_applies_to_ct_and_radiograph(run) -> None:
+    # rev 2: a lumbar radiograph does not show the sacroiliac joints either
     assert one(axspa_orders(run, ct_order(rid="o1"))).topic == "axspa-sij-imaging"
     card = one(axspa_orders(run, xr_order(rid="o1")))
-    assert card.topic == "imaging-not-indicated"
+    assert card.topic == "axspa-sij-imaging"
 
 
 def test_step3_with_hla_b27_branch(run) -> None:

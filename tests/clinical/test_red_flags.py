@@ -158,10 +158,9 @@ def test_red_flag_card_lists_flags_and_imaging(run) -> None:
         "patient-view", record(lbp(20), condition("363346000", clinical="resolved"), pat=patient(age_birth(72)))
     )
     card = next(d for d in decisions if d.topic == "red-flag")
-    assert card.params["red_flag_names"] == ["History of cancer", "Age 70 or over"]
+    assert card.params["red_flag_ids"] == ["history-of-cancer", "age-70-or-over"]
     assert card.params["red_flag_categories"] == ["malignancy", "fracture"]
-    assert "without and with contrast" in card.params["preferred_imaging_text"]
-    assert "radiograph" in card.params["preferred_imaging_text"]
+    assert [p["id"] for p in card.params["preferred_imaging"]] == ["malignancy", "fracture"]
     assert card.params["red_flags"][0]["evidence"][0].startswith("Malignant neoplastic disease")
     assert card.params["age_over_50"] is True
     assert card.citations and all(c.version for c in card.citations)
@@ -175,7 +174,7 @@ def test_cauda_equina_replaces_red_flag(run) -> None:
     card = decisions[0]
     assert card.rule == "red-flags.cauda-equina"
     assert [f["id"] for f in card.params["cauda_equina_features"]] == ["urinary-retention"]
-    assert card.params["red_flag_names"] == ["Urinary retention", "Neurological deficit (foot drop or leg weakness)"]
+    assert card.params["red_flag_ids"] == ["urinary-retention", "neurological-deficit"]
     assert not card.suggestions
 
 

@@ -193,6 +193,8 @@ def live_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
     env = {**os.environ, "CDS_ENV": "production", "CDS_AUTH_MODE": "off", "CDS_WORKERS": "1",
            "CDS_DATA_DIR": str(tmp_path_factory.mktemp("live")), "CDS_MAX_REQUEST_BYTES": "65536"}
     cli = Path(sys.executable).parent / "cds-service"
+    # the production recipe: the schema first (production refuses to start on an unmigrated one)
+    subprocess.run([str(cli), "migrate"], env=env, check=True, capture_output=True, timeout=120)
     process = subprocess.Popen([str(cli), "serve", "--port", str(port)], env=env, stdout=subprocess.DEVNULL,
                                stderr=subprocess.DEVNULL, start_new_session=True)
     try:
