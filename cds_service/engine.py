@@ -262,19 +262,31 @@ class HookEngine:
             if card.disposition == DISPOSITION_SHOWN:
                 CARDS_SERVED.labels(card.service_id, card.topic).inc()
 
-    def _write_served(self, item: tuple[tuple[ServedCard, ...], str, datetime, str | None, str | None]) -> None:
-        """On the writer thread (or inline when its queue is full): one hook call's rows."""
-        served, patient_id, when, issuer, tenant = item
+    def _write_served(self, batch: list[tuple[tuple[ServedCard, ...], str, datetime, str | None, str | None]]) -> None:
+        """On the writer thread (or inline when its queue is full): the rows of many hook calls, one
+        transaction; if that fails, each call's rows on their own, so one bad call loses only its rows."""
         store = self.runtime.store
         if store is None:
             return
+        rows = [store.served_rows(served, patient_id, when, issuer=issuer, tenant=tenant)
+                for served, patient_id, when, issuer, tenant in batch]
         try:
-            store.record_served(served, patient_id, when, issuer=issuer, tenant=tenant)
+            store.insert_served([row for call in rows for row in call])
+            return
         except StoreUnavailable:
-            # Cards need no database: the clinician still got them; only analytics lose this row.
-            log.warning(
-                "served cards not recorded: database unavailable", extra={"card_ids": [c.card_uuid for c in served]}
-            )
+            if len(batch) == 1:
+                rows_failed = rows
+            else:
+                rows_failed = []
+                for call in rows:
+                    try:
+                        store.insert_served(call)
+                    except StoreUnavailable:
+                        rows_failed.append(call)
+        for call in rows_failed:
+            # Cards need no database: the clinician still got them; only analytics lose these rows.
+            log.warning("served cards not recorded: database unavailable",
+                        extra={"card_ids": [row["card_uuid"] for row in call]})
 
     # ---- feedback ---------------------------------------------------------------------------
 

@@ -35,9 +35,10 @@ IDLE_EXIT_SECONDS = 30.0
 
 
 class ServedWriter:
-    """Calls ``write(item)`` for every submitted item, in order, on one background thread."""
+    """Calls ``write(batch)`` with the submitted items, in order, on one background thread: a batch is
+    everything queued since the thread last looked (one database transaction for many hook calls)."""
 
-    def __init__(self, write: Callable[[Any], None], *, max_queue: int = DEFAULT_MAX_QUEUE,
+    def __init__(self, write: Callable[[list[Any]], None], *, max_queue: int = DEFAULT_MAX_QUEUE,
                  name: str = "served-writer") -> None:
         self._write = write
         self._max_queue = max_queue
@@ -67,7 +68,7 @@ class ServedWriter:
                 self._submitted += 1
                 self._cond.notify_all()
         if inline:
-            self._write_one(item)
+            self._write_batch([item])
 
     def flush(self, timeout: float = 10.0) -> bool:
         """Wait until every item submitted before this call is written; False on timeout."""
@@ -90,7 +91,7 @@ class ServedWriter:
                 if not self._items:
                     break
                 item = self._items.popleft()
-            self._write_one(item)
+            self._write_batch([item])
             with self._cond:
                 self._done += 1
                 self._cond.notify_all()
@@ -123,17 +124,17 @@ class ServedWriter:
                     return
                 batch = list(self._items)
                 self._items.clear()
-            for item in batch:
-                self._write_one(item)
+            self._write_batch(batch)
             with self._cond:
                 self._done += len(batch)
                 self._cond.notify_all()
 
-    def _write_one(self, item: Any) -> None:
+    def _write_batch(self, batch: list[Any]) -> None:
         try:
-            self._write(item)
-        except Exception as exc:  # noqa: BLE001 - one bad row must not stop the writer
-            log.error("served-card write failed: %s", type(exc).__name__)  # the type only: no row content
+            self._write(batch)
+        except Exception as exc:  # noqa: BLE001 - a failed write must not stop the writer
+            # the exception type only: no row content in the log
+            log.error("served-card write of %d hook calls failed: %s", len(batch), type(exc).__name__)
 
 
 _live: weakref.WeakSet[ServedWriter] = weakref.WeakSet()

@@ -21,14 +21,16 @@ class SlowTable:
         self.path = path
         self.delay = delay
         self.threads: set[str] = set()
+        self.batches: list[int] = []
         with sqlite3.connect(path) as conn:
             conn.execute("CREATE TABLE rows (n INTEGER PRIMARY KEY)")
 
-    def write(self, n: int) -> None:
+    def write(self, batch: list[int]) -> None:
         self.threads.add(threading.current_thread().name)
+        self.batches.append(len(batch))
         time.sleep(self.delay)
-        with sqlite3.connect(self.path) as conn:
-            conn.execute("INSERT INTO rows VALUES (?)", (n,))
+        with sqlite3.connect(self.path) as conn:  # one transaction per batch
+            conn.executemany("INSERT INTO rows VALUES (?)", [(n,) for n in batch])
 
     def rows(self) -> list[int]:
         with sqlite3.connect(self.path) as conn:
@@ -44,6 +46,16 @@ def test_rows_are_written_in_order_off_the_submitting_thread(tmp_path: Path) -> 
     assert table.rows() == list(range(50))
     assert table.threads == {"served-writer-test"}
     writer.close()
+
+
+def test_what_queues_while_a_batch_is_written_goes_in_one_transaction(tmp_path: Path) -> None:
+    table = SlowTable(tmp_path / "t.db", delay=0.05)
+    writer = ServedWriter(table.write)
+    for n in range(30):
+        writer.submit(n)
+    assert writer.close(10)
+    assert table.rows() == list(range(30))
+    assert len(table.batches) < 30 and max(table.batches) > 1
 
 
 def test_flush_waits_for_everything_submitted_before_it(tmp_path: Path) -> None:
@@ -100,14 +112,15 @@ def test_a_full_queue_writes_inline(tmp_path: Path) -> None:
 def test_a_failing_write_does_not_stop_the_writer(tmp_path: Path) -> None:
     table = SlowTable(tmp_path / "t.db")
 
-    def write(n: int) -> None:
-        if n == 3:
+    def write(batch: list[int]) -> None:
+        if 3 in batch:
             raise RuntimeError("boom")
-        table.write(n)
+        table.write(batch)
 
     writer = ServedWriter(write)
     for n in range(6):
         writer.submit(n)
+        writer.flush(10)  # one item per batch
     assert writer.close(10)
     assert table.rows() == [0, 1, 2, 4, 5]
 
@@ -121,10 +134,10 @@ def test_interpreter_exit_writes_what_is_queued(tmp_path: Path) -> None:
         path = {str(db)!r}
         with sqlite3.connect(path) as conn:
             conn.execute("CREATE TABLE rows (n INTEGER)")
-        def write(n):
+        def write(batch):
             time.sleep(0.01)
             with sqlite3.connect(path) as conn:
-                conn.execute("INSERT INTO rows VALUES (?)", (n,))
+                conn.executemany("INSERT INTO rows VALUES (?)", [(n,) for n in batch])
         writer = ServedWriter(write)
         for n in range(100):
             writer.submit(n)
