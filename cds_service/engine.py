@@ -13,6 +13,7 @@ maps them to JSON); a 412 for data that cannot be had is an outcome, not an exce
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 import uuid
@@ -24,6 +25,7 @@ from zoneinfo import ZoneInfo
 
 import orjson
 
+from .cards import prune
 from .clinical import build_facts
 from .clinical.model import Decision, EvaluationInput, PatientRecord
 from .content_cache import ContentCache, content_key
@@ -227,19 +229,32 @@ class HookEngine:
         return self.facts_cache.get_or_build(key, lambda: build_facts(record, knowledge, when))
 
     def _render(self, decision: Decision, record: PatientRecord) -> dict[str, Any]:
-        """The card for *decision*: rendered once per identical Decision and missing data (content_cache.py),
-        with fresh card and suggestion uuids on every call, as a fresh render has."""
+        """The card for *decision*, rendered once per identical Decision and missing data (content_cache.py).
+
+        The key leaves out the suggestions' action resources: those carry the evaluation instant
+        (``authoredOn``, an id derived from it) and would make every key unique, and the card template
+        never reads them. A cached card gets this call's actions, copied as ``CardCatalog.render`` copies
+        them, and fresh card and suggestion uuids; tests/core/test_engine_caches.py compares every
+        fixture's cards with an uncached render."""
         catalog = self.runtime.catalog
         try:
-            key = content_key(decision, record.missing, getattr(record, "hook", None))
+            key = content_key(
+                dataclasses.replace(decision, suggestions=tuple(dataclasses.replace(s, actions=())
+                                                                for s in decision.suggestions)),
+                record.missing, getattr(record, "hook", None),
+            )
         except TypeError:  # a parameter orjson cannot serialise exactly: render uncached
             return catalog.render(decision, record)
         card: dict[str, Any] = orjson.loads(
             self.card_cache.get_or_build(key, lambda: orjson.dumps(catalog.render(decision, record)))
         )
+        suggestions = card.get("suggestions", [])
+        if len(suggestions) != len(decision.suggestions):  # not the shape this relies on: no shortcut
+            return catalog.render(decision, record)
         card["uuid"] = str(uuid.uuid4())
-        for suggestion in card.get("suggestions", ()):
+        for suggestion, spec in zip(suggestions, decision.suggestions, strict=True):
             suggestion["uuid"] = str(uuid.uuid4())
+            suggestion["actions"] = prune([dict(action) for action in spec.actions])
         return card
 
     def _suppressed(self, decisions: tuple[Decision, ...], patient_id: str, when: datetime, record: bool) -> set[str]:
