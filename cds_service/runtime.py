@@ -78,5 +78,7 @@ class Runtime:
         """Write queued served-card rows, then release pooled connections (FHIR sessions, database pool)."""
         self.engine.close()
         self.fhir.close()
+        if self.authenticator is not None:
+            self.authenticator.close()  # background JWKS fetch threads
         if self.store is not None:
             self.store.engine.dispose()

@@ -87,6 +87,7 @@ class Settings:
     retention_days: int | None = None
     # Console for clinical informaticists
     console_enabled: bool | None = None  # None → on in development, off in production
+    ops_token: str | None = None  # Bearer token for /metrics and /console/api/* (required in production)
 
     @property
     def effective_database_url(self) -> str:
@@ -150,6 +151,7 @@ class Settings:
             "CDS_LOG_LEVEL": ("log_level", str),
             "CDS_AUTH_MODE": ("auth_mode", str),
             "CDS_PUBLIC_BASE_URL": ("public_base_url", str),
+            "CDS_OPS_TOKEN": ("ops_token", str),
             "CDS_TIMEZONE": ("timezone", str),
         }
         for var, (attr, kind) in simple.items():

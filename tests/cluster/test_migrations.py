@@ -99,7 +99,7 @@ def test_workers_starting_at_once_on_an_empty_database_all_become_ready(database
 
 
 def test_migrated_schema_matches_the_code(database_url):
-    """Drift check: a table changed in store.py or auth.py without a migration revision fails here."""
+    """Drift check: a table changed in store.py or auth/replay.py without a migration revision fails here."""
     store = Store(database_url)
     migrations.upgrade(store.engine)
     with store.engine.connect() as conn:

@@ -17,6 +17,7 @@ from cds_service.protocol import (
     RequestError,
     _describe,
     _inline_refs,
+    _python_anchors,
     _path,
     load_schema,
     validate_request,
@@ -29,7 +30,7 @@ WRONG = [None, True, 0, 1.5, "x", [], [1], {}, {"resourceType": "Bundle"}]
 @pytest.fixture(scope="module")
 def reference() -> Draft202012Validator:
     """The request schema as written on disk: prefetch values checked by jsonschema itself."""
-    raw = {name: load_schema(name) for name in SCHEMA_NAMES}
+    raw = {name: _python_anchors(load_schema(name)) for name in SCHEMA_NAMES}
     schema = _inline_refs("request", raw)
     checker = validators()["request"].format_checker
     return Draft202012Validator(schema, format_checker=checker)
