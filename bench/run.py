@@ -556,7 +556,7 @@ def profiles(cases_file: Path, pythonpath: str, label: str) -> str:
 
 
 def tail_probe(workdir: Path) -> dict[str, Any] | None:
-    """bench/tail_probe.py on the repeated body: 1 and 4 threads (a gthread worker) for 6 s each."""
+    """bench/tail_probe.py on the repeated body: 1 and 4 threads (a worker's app threads) for 6 s each."""
     from bench.sessions import repeated_body
 
     body = repeated_body()
@@ -646,7 +646,8 @@ def main(argv: list[str] | None = None) -> int:
         "settings": {
             "duration_s": args.duration, "warmup_s": args.warmup, "concurrency": list(CONCURRENCY),
             "sizes": sizes, "w3_budget_s": args.w3_budget, "baseline": None,
-            "server": "cds-service serve: gunicorn gthread, workers = cores, 4 threads, production settings "
+            "server": "cds-service serve as shipped (server.py: gunicorn asyncio worker, the app on a pool of "
+                      "CDS_THREADS=4 threads per worker), workers = cores, production settings "
                       "(CDS_ENV=production) with CDS_AUTH_MODE=off and CDS_BENCH_FLOOR=true",
         },
         "payloads": {p.name: {"resources": p.resources, "bytes": files[p.name].stat().st_size,

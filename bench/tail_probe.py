@@ -2,7 +2,7 @@
 
     python bench/tail_probe.py BODY.json SERVICE_ID [threads=4] [seconds=8]   -> JSON on stdout
 
-A gunicorn gthread worker runs its requests on a few threads in one interpreter; this reproduces that
+A gunicorn worker runs the app on a few threads in one interpreter (server.py: CDS_THREADS); this reproduces that
 without HTTP, and times every request three ways: wall clock, this thread's CPU time, and the parts of
 its wall time spent in garbage collections (gc.callbacks: every collection pauses every thread) and in
 the served-cards write. Comparing the slowest 1 % with the median tells whether the tail is work (CPU
