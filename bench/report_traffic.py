@@ -43,27 +43,27 @@ def traffic_targets(data: dict[str, Any]) -> list[dict[str, Any]]:
                 "ok": tail <= max_tail,
                 "gap": None if tail <= max_tail else f"p99 is {tail:.1f} x p50 ({tail / max_tail:.1f}x over)",
             })
-    answers_after = (data.get("traffic") or {}).get("answers") or {}
-    answers_before = (data.get("traffic_before") or {}).get("answers") or {}
-    if answers_after and answers_before:
-        differ = [name for workload, per in answers_after.items() for name, topics in per.items()
-                  if (answers_before.get(workload) or {}).get(name) not in (None, topics)]
+    after_rows = [r for r in rows if r.get("check")]
+    if after_rows:
+        wrong = sum(len(r["check"].get("wrong") or []) for r in after_rows)
+        bodies = sum(r["check"]["bodies"] for r in after_rows)
         out.append({
-            "target": "same cards before and after on every W5 / W6 / repeated body",
-            "measured": f"{sum(len(p) for p in answers_after.values())} bodies compared, {len(differ)} differ",
-            "ok": not differ,
-            "gap": None if not differ else "; ".join(differ[:5]),
+            "target": "W5 / W6 / repeated body: each body gets the fixture's expected cards (checked before the load)",
+            "measured": f"{bodies} bodies checked, {wrong} wrong",
+            "ok": wrong == 0,
+            "gap": None if wrong == 0 else f"{wrong} bodies",
         })
     return out
 
 
 def traffic_errors(data: dict[str, Any]) -> tuple[int, int]:
-    """(errors, wrong answers) of the W5 / W6 / repeated-body loads and their checks."""
+    """(errors, wrong answers) of the W5 / W6 / repeated-body loads. Wrong answers count for the tree
+    under test only: the "before" tree runs older clinical rules, which the current fixtures outgrew."""
     errors = wrong = 0
     for key in ("traffic", "traffic_before"):
         for row in (data.get(key) or {}).get("rows") or []:
             errors += row.get("errors", 0)
-            if row.get("check"):
+            if key == "traffic" and row.get("check"):
                 wrong += len(row["check"].get("wrong") or [])
     return errors, wrong
 
@@ -96,6 +96,16 @@ def traffic_section(data: dict[str, Any]) -> list[str]:
                     f"{'hook' if kind == 'service' else '/_bench/floor'} | {r['throughput']:,.0f} | "
                     f"{r['p50_ms']:.2f} | {r['p95_ms']:.2f} | {r['p99_ms']:.2f} | {r['p99_ms'] / r['p50_ms']:.1f} | "
                     f"{r['errors']} | {'' if ratio is None else f'{ratio:.2f}'} |")
+    answers_after = traffic.get("answers") or {}
+    answers_before = (data.get("traffic_before") or {}).get("answers") or {}
+    if answers_after and answers_before:
+        differ = sum(1 for wl, per in answers_after.items() for name, topics in per.items()
+                     if (answers_before.get(wl) or {}).get(name) not in (None, topics))
+        lines += ["", f"The \"before\" tree ({(data.get('settings') or {}).get('baseline')}) answered {differ} of "
+                      f"{sum(len(p) for p in answers_after.values())} bodies with other cards than this tree: the "
+                      "clinical rules and fixtures changed since (revision 2), not the performance work (the "
+                      "same-cards check of this work is tests/core/test_engine_caches.py: caches on vs off, every "
+                      "fixture)."]
     checks = [(r["workload"], r["check"]) for r in rows if r.get("check")]
     lines += [""] + [f"- {name}: every body checked before the load ({c['bodies']} bodies, HTTP "
                      f"{c['statuses']}; {c['with_expectation']} with the fixture's expected cards, "
