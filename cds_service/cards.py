@@ -40,6 +40,7 @@ from jinja2.sandbox import SandboxedEnvironment
 
 from cds_service.clinical.knowledge import CARD_TOPIC_SYSTEM, FHIR_DIR, OVERRIDE_REASON_SYSTEM
 from cds_service.clinical.model import Criterion, Decision, State, SuggestionSpec
+from cds_service.smart.links import smart_link
 
 log = logging.getLogger(__name__)
 
@@ -713,6 +714,8 @@ class CardCatalog:
             "overrideReasons": [dict(r) for r in card.override_reasons],
             "links": [dict(link) for link in card.links],
         }
+        if (smart := smart_link(decision)) is not None:  # the assessment app asks what is not documented
+            result["links"] = [*result["links"], smart]
         return prune(result)
 
     def _suggestions(self, card: CardTemplate, specs: Sequence[SuggestionSpec]) -> list[dict[str, Any]]:

@@ -75,7 +75,8 @@ class Runtime:
         )
 
     def close(self) -> None:
-        """Release pooled connections (FHIR keep-alive sessions, database pool)."""
+        """Write queued served-card rows, then release pooled connections (FHIR sessions, database pool)."""
+        self.engine.close()
         self.fhir.close()
         if self.authenticator is not None:
             self.authenticator.close()  # background JWKS fetch threads

@@ -35,7 +35,7 @@ def evaluate(inp: EvaluationInput, knowledge: Knowledge) -> list[Decision]:
 
 
 def _evaluate(inp: EvaluationInput, knowledge: Knowledge) -> list[Decision]:
-    facts = build_facts(inp.record, knowledge, inp.now)
+    facts = inp.facts if inp.facts is not None else build_facts(inp.record, knowledge, inp.now)
     if under_minimum_age(facts, knowledge):
         return []
     ctx = OrderContext.from_record(inp.record, inp.now)

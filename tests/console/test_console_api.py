@@ -39,6 +39,7 @@ def console(console_app):
 
 
 def row_count(app, table: sa.Table) -> int:
+    app.extensions["cds"].engine.served_writer.flush()  # served-card rows are written off the request path
     with app.extensions["cds"].store.engine.connect() as conn:
         return conn.execute(sa.select(sa.func.count()).select_from(table)).scalar_one()
 
