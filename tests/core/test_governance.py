@@ -38,6 +38,7 @@ def request_body() -> dict:
 
 
 def stored(app) -> list[dict]:
+    app.extensions["cds"].engine.served_writer.flush()  # rows are written off the request path
     with app.extensions["cds"].store.engine.connect() as conn:
         return [dict(r._mapping) for r in conn.execute(sa.select(served_cards))]
 
