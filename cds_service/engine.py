@@ -130,6 +130,8 @@ class HookEngine:
             deadline=deadline if deadline is not None else started + rt.settings.deadline_seconds,
             allow_open_servers=rt.settings.allow_open_fhir_servers,
             follow_paging={key: key not in service.first_page_only for key in service.prefetch},
+            now=when,
+            windows=service.windows,
         )
         missing_keys = [m.key for m in resolved.missing]
         for key in missing_keys:

@@ -35,6 +35,10 @@ class FetchResult:
     pages: int = 0
     truncated: bool = False
     elapsed_ms: float = 0.0
+    # what the first Bundle said about itself: `total`, and a `next` link left unfollowed
+    # (follow_paging off), so a "latest N" search can tell it was cut off
+    total: int | None = None
+    has_next: bool = False
 
 
 class FetchFailed(Exception):
@@ -132,9 +136,14 @@ class FhirClient:
                         resource = entry.get("resource") if isinstance(entry, dict) else None
                         if isinstance(resource, dict) and resource.get("resourceType") != "OperationOutcome":
                             result.resources.append(resource)
+                    total = body.get("total")
+                    if result.pages == 1 and isinstance(total, int) and not isinstance(total, bool):
+                        result.total = total
                     next_url = next_link(body)
                     if next_url and follow_paging:
                         url = urljoin(base_url.rstrip("/") + "/", next_url)
+                    elif next_url:
+                        result.has_next = True
                 elif body.get("resourceType") == "OperationOutcome":
                     raise FetchFailed("server returned an OperationOutcome")
                 else:

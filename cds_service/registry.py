@@ -14,8 +14,10 @@ from .clinical import evaluate as clinical_evaluate
 from .clinical.knowledge import Knowledge
 from .clinical.model import Decision, EvaluationInput
 
-QUESTIONNAIRE_URL = "http://example.org/fhir/lbp-cds/Questionnaire/back-pain-assessment"
 PATIENT = "{{context.patientId}}"
+# every MedicationStatement status but entered-in-error and not-taken (a stopped course was still taken;
+# the clinical reader judges the rest)
+STATEMENT_STATUSES = "active,completed,stopped,on-hold,intended,unknown"
 # hook → service id: the only place service ids are written (fixtures, benchmarks and docs read it here)
 SERVICE_IDS = {
     "patient-view": "lbp-patient-view",
@@ -35,6 +37,8 @@ class ServiceDefinition:
     usage_requirements: str | None = None
     # keys whose template asks for "the latest N" (_sort + _count): the first page is the answer
     first_page_only: frozenset[str] = field(default_factory=frozenset)
+    # keys whose readings must reach this many days back (completed by a date-bounded search)
+    windows: dict[str, int] = field(default_factory=dict)
 
     def discovery(self) -> dict[str, object]:
         entry: dict[str, object] = {
@@ -60,8 +64,12 @@ def prefetch_templates(knowledge: Knowledge) -> dict[str, str]:
             f"Observation?patient={PATIENT}&code={knowledge.search_tokens('body-temperature')}&_sort=-date&_count=50"
         ),
         "findings": f"Observation?patient={PATIENT}&code={knowledge.search_tokens('symptom-findings')}",
-        "questionnaireResponses": f"QuestionnaireResponse?patient={PATIENT}&questionnaire={QUESTIONNAIRE_URL}",
+        # by patient only: a `questionnaire=` search matches canonicals exactly on many servers and would
+        # miss `…|1.0.0`; the clinical reader keeps completed/amended responses to any version of
+        # knowledge.QUESTIONNAIRE_URL (a patient has a handful of responses: no server-side filter is needed)
+        "questionnaireResponses": f"QuestionnaireResponse?patient={PATIENT}",
         "medications": f"MedicationRequest?patient={PATIENT}",
+        "medicationStatements": f"MedicationStatement?patient={PATIENT}&status={STATEMENT_STATUSES}",
         "familyHistory": f"FamilyMemberHistory?patient={PATIENT}",
         "serviceRequests": f"ServiceRequest?patient={PATIENT}",
         "procedures": f"Procedure?patient={PATIENT}",
@@ -73,13 +81,19 @@ def prefetch_templates(knowledge: Knowledge) -> dict[str, str]:
 LATEST_ONLY = frozenset({"crp", "hlaB27", "temperatures"})
 PATIENT_VIEW_KEYS = (
     "patient", "conditions", "crp", "hlaB27", "temperatures", "findings",
-    "questionnaireResponses", "medications", "familyHistory", "serviceRequests",
+    "questionnaireResponses", "medications", "medicationStatements", "familyHistory", "serviceRequests",
 )
 ORDER_KEYS = (*PATIENT_VIEW_KEYS, "procedures", "imagingStudies", "diagnosticReports")
 
 
+def complete_windows(knowledge: Knowledge) -> dict[str, int]:
+    """Prefetch keys whose readings must cover a whole window (days), and the threshold that sets it."""
+    return {"temperatures": knowledge.thresholds.fever_window_days}
+
+
 def build_registry(knowledge: Knowledge) -> dict[str, ServiceDefinition]:
     templates = prefetch_templates(knowledge)
+    windows = complete_windows(knowledge)
 
     def evaluate(inp: EvaluationInput) -> list[Decision]:
         return clinical_evaluate(inp, knowledge)
@@ -101,6 +115,7 @@ def build_registry(knowledge: Knowledge) -> dict[str, ServiceDefinition]:
             prefetch=pick(PATIENT_VIEW_KEYS),
             evaluate=evaluate,
             first_page_only=LATEST_ONLY,
+            windows=windows,
         ),
         ServiceDefinition(
             id=SERVICE_IDS["order-select"],
@@ -115,6 +130,7 @@ def build_registry(knowledge: Knowledge) -> dict[str, ServiceDefinition]:
             prefetch=pick(ORDER_KEYS),
             evaluate=evaluate,
             first_page_only=LATEST_ONLY,
+            windows=windows,
         ),
         ServiceDefinition(
             id=SERVICE_IDS["order-sign"],
@@ -127,6 +143,7 @@ def build_registry(knowledge: Knowledge) -> dict[str, ServiceDefinition]:
             prefetch=pick(ORDER_KEYS),
             evaluate=evaluate,
             first_page_only=LATEST_ONLY,
+            windows=windows,
         ),
     ]
     return {service.id: service for service in services}

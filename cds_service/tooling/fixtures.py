@@ -42,6 +42,7 @@ import yaml
 
 from cds_service.clinical.dates import add_months, completed_years
 from cds_service.prefetch import render_template
+from cds_service.prefetch_window import parse_instant
 from cds_service.settings import PROJECT_ROOT
 
 FIXTURES_DIR = PROJECT_ROOT / "fixtures"  # a source checkout; an installed wheel takes --fixtures
@@ -465,6 +466,26 @@ def _sort_date(resource: Mapping[str, Any], param: str) -> str:
     return ""
 
 
+_DATE_PREFIX = re.compile(r"^(eq|ne|gt|lt|ge|le)?(\d.*)$")
+
+
+def _date_matches(resource: Mapping[str, Any], value: str) -> bool:
+    """`date=<prefix><date>`, comparing the resource's date (its start, for a Period) with the value's
+    first instant: enough for the bounded searches the service makes (`date=ge<day>`)."""
+    match = _DATE_PREFIX.match(value)
+    bound = parse_instant(match.group(2)) if match else None
+    if bound is None:
+        raise UnsupportedQuery(f"date value {value!r}")
+    found = parse_instant(_sort_date(resource, "date"))
+    if found is None:
+        return False
+    prefix = match.group(1) or "eq"
+    return {
+        "eq": found == bound, "ne": found != bound, "gt": found > bound,
+        "lt": found < bound, "ge": found >= bound, "le": found <= bound,
+    }[prefix]
+
+
 def _matches(resource: Mapping[str, Any], params: Sequence[tuple[str, str]], patient_id: str | None) -> bool:
     for name, value in params:
         if name.startswith("_"):
@@ -483,6 +504,9 @@ def _matches(resource: Mapping[str, Any], params: Sequence[tuple[str, str]], pat
         elif base == "questionnaire":
             canonical = str(resource.get("questionnaire", "")).split("|", 1)[0]
             if canonical not in {v.split("|", 1)[0] for v in values}:
+                return False
+        elif base == "date":
+            if not all(_date_matches(resource, v) for v in values):
                 return False
         elif base in ("code", "category", "clinical-status", "verification-status"):
             if not _token_matches(_codeable_concepts(resource, base), values):

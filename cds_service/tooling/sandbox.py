@@ -48,6 +48,11 @@ MIN_NODE = (22, 18)
 FHIR_JSON = "application/fhir+json"
 
 
+# Medplum's router refuses a transaction with more than 50 updates ("more update operations than
+# allowed", a constant of @medplum/fhir-router 5.2.13); a ward fixture patient has more resources.
+MAX_TRANSACTION_ENTRIES = {"medplum": 50}
+
+
 class SandboxError(RuntimeError):
     """A sandbox server could not be installed, started or loaded."""
 
@@ -461,6 +466,18 @@ class SandboxServer:
         return report
 
     def _post_bundle(self, name: str, bundle: dict[str, Any]) -> int:
+        """POST one Bundle; a transaction longer than the server takes is sent in consecutive parts."""
+        entries = bundle.get("entry") or []
+        limit = MAX_TRANSACTION_ENTRIES.get(self.server)
+        if limit and bundle.get("type") == "transaction" and len(entries) > limit:
+            # the Patient comes first in our Bundles: every part after the first refers to a stored patient
+            return sum(
+                self._post_one(f"{name} (part {n // limit + 1})", {**bundle, "entry": entries[n : n + limit]})
+                for n in range(0, len(entries), limit)
+            )
+        return self._post_one(name, bundle)
+
+    def _post_one(self, name: str, bundle: dict[str, Any]) -> int:
         response = self.request(
             "POST",
             self.base_url,

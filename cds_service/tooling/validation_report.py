@@ -2,8 +2,11 @@
 
 Runs the hook engine exactly as an EHR's call reaches it — discovery first (to learn each service's
 prefetch templates), then each hook request with a full prefetch built in memory from the fixture
-(`cds_service.tooling.fixtures.prefetch_for`) — and compares the card topics returned with the topics the
-fixture manifest expects (written from the clinical specification, independently of the engine).
+(`cds_service.tooling.fixtures.prefetch_for`) and, beside it, a ``fhirServer`` + token answered in
+process from the same fixture (`cds_service.tooling.fixture_fhir`: what the service fetches itself,
+e.g. the rest of a fever window a "latest 50" prefetch cut off) — and compares the card topics
+returned with the topics the fixture manifest expects (written from the clinical specification,
+independently of the engine).
 On the order hooks each draft order is also checked on its own (order-select with that order as
 the only selection), so a wrong card is pinned to the order that produced it.
 
@@ -27,6 +30,7 @@ from cds_service.engine import HookEngine, topics
 from cds_service.protocol import RequestError, response_errors
 from cds_service.runtime import Runtime
 from cds_service.settings import Settings
+from cds_service.tooling.fixture_fhir import FIXTURE_FHIR_BASE, serving
 from cds_service.tooling.fixtures import FIXTURES_DIR, FixtureSpec, LoadedFixture, build_request, load_manifest
 
 HOOK_ORDER = ("patient-view", "order-select", "order-sign")
@@ -111,7 +115,8 @@ class Report:
             "",
             "Every synthetic fixture patient (`fixtures/patients/`) sent through every hook the way an EHR "
             "calls the service (discovery, then `POST /cds-services/{id}` with a full prefetch built "
-            "from the fixture), comparing the card topics returned with the topics "
+            "from the fixture and a FHIR server answering from it in process), comparing the card topics "
+            "returned with the topics "
             "`fixtures/manifest.yaml` expects. "
             "The expectations were written from the clinical specification, not from the engine's output. "
             "Order hooks are also checked per draft order (order-select with that order alone selected).",
@@ -165,7 +170,7 @@ def _call(
     day: date,
     selections: list[str] | None = None,
 ) -> CallResult:
-    request = build_request(fixture, hook, service.get("prefetch", {}), selections=selections)
+    request = ehr_request(fixture, hook, service, selections)
     try:
         outcome = engine.invoke(service["id"], request, now=day, record=False)
     except RequestError as exc:
@@ -179,6 +184,18 @@ def _call(
     return CallResult(fixture.spec.slug, hook, scope, sorted(expected), topics(outcome.body), outcome.status, problems)
 
 
+def ehr_request(
+    fixture: LoadedFixture, hook: str, service: dict[str, Any], selections: list[str] | None = None
+) -> dict[str, Any]:
+    """The request as an EHR sends it: the full prefetch, and beside it the FHIR server and its token
+    (answered by tooling.fixture_fhir inside `serving`)."""
+    request = build_request(fixture, hook, service.get("prefetch", {}), selections=selections)
+    server = build_request(fixture, hook, None, with_prefetch=False, selections=selections,
+                           fhir_server=FIXTURE_FHIR_BASE)
+    request.update(fhirServer=server["fhirServer"], fhirAuthorization=server["fhirAuthorization"])
+    return request
+
+
 def services_by_hook(engine: HookEngine) -> dict[str, dict[str, Any]]:
     """hook → discovery entry (id, prefetch templates), as an EHR learns them."""
     return {service["hook"]: service for service in engine.discovery()["services"]}
@@ -188,6 +205,13 @@ def run_fixture(engine: HookEngine, spec: FixtureSpec, day: date) -> list[CallRe
     """Every hook for one fixture (order hooks only when it has draft orders), plus each order alone."""
     services = services_by_hook(engine)
     fixture = spec.load(day)
+    with serving(engine.runtime.fhir.session, fixture.resources):
+        return _run_hooks(engine, services, spec, fixture, day)
+
+
+def _run_hooks(
+    engine: HookEngine, services: dict[str, dict[str, Any]], spec: FixtureSpec, fixture: LoadedFixture, day: date
+) -> list[CallResult]:
 
     def call(hook: str, scope: str, expected: list[str], selections: list[str] | None = None) -> CallResult:
         return _call(engine, services[hook], fixture, hook, scope, expected, day, selections)
