@@ -11,7 +11,7 @@ SYSTEM_PACKAGES ?= chromium chromium-driver
 # Targets `make test` depends on; mk/*.mk fragments add their installers here (TEST_DEPS += ...).
 TEST_DEPS = $(STAMP) system-deps
 # The tiers `make test-fast` leaves out (pytest markers set in tests/conftest.py).
-SLOW_TIERS = not postgres and not browser and not sandbox and not cluster
+SLOW_TIERS = not postgres and not browser and not sandbox and not cluster and not population
 
 .PHONY: serve serve-dev test test-fast lint venv system-deps venv-system-deps clean help
 

@@ -6,6 +6,7 @@ names the problem, and unexpected exceptions become a 500 that carries only the 
 
 from __future__ import annotations
 
+import hmac
 import logging
 import time
 from importlib import resources
@@ -15,10 +16,11 @@ from werkzeug.exceptions import HTTPException
 
 from .auth import AuthError, AuthUnavailable
 from .hooks_api import bp as hooks_bp
-from .hooks_api import json_response, new_request_id
+from .hooks_api import json_response
 from .logging_setup import configure_logging
 from .metrics import REQUEST_LATENCY, exposition
 from .protocol import RequestError
+from .request_ids import request_id
 from .runtime import Runtime
 from .settings import Settings
 
@@ -32,6 +34,9 @@ except ImportError:  # pragma: no cover - gunicorn is a dependency; keep the app
 
 log = logging.getLogger("cds_service.http")
 PROTECTED_PREFIX = "/cds-services"
+#: Operator endpoints: Prometheus metrics and the console's API (each review call runs ~200 hook
+#: evaluations). They need CDS_OPS_TOKEN as a Bearer token; in production they are closed without it.
+OPS_PATHS = ("/metrics", "/console/api/")
 SECURITY_HEADERS = {
     "X-Content-Type-Options": "nosniff",
     "X-Frame-Options": "DENY",
@@ -66,12 +71,19 @@ def create_app(settings: Settings | None = None) -> Flask:
 
     @app.before_request
     def start_request() -> Response | None:
-        g.request_id = new_request_id()
+        g.request_id = request_id(request.headers.get("X-Request-ID"))
         g.started = time.monotonic()
         g.log_fields = {}
         g.auth = None
         if request.method == "OPTIONS":
             return _preflight(settings)
+        # The matched route decides (other spellings are redirected or 404 by routing; an endpoint that
+        # is not registered, e.g. the console when it is off, stays a 404).
+        rule = request.url_rule.rule if request.url_rule else ""
+        if rule == OPS_PATHS[0] or rule.startswith(OPS_PATHS[1]):
+            refused = _ops_refusal(settings)
+            if refused is not None:
+                return refused
         if request.path.startswith(PROTECTED_PREFIX):
             g.auth = rt.authenticator.authenticate(request.headers.get("Authorization"), _called_url(settings))
         _enforce_streamed_body_limit(settings)
@@ -179,6 +191,32 @@ def _enforce_streamed_body_limit(settings: Settings) -> None:
         return
     if len(request.get_data(cache=True)) >= settings.max_request_bytes:
         request.stream.read(1)  # the limit is exhausted: raises RequestEntityTooLarge (413)
+
+
+def _ops_refusal(settings: Settings) -> Response | None:
+    """401/403 JSON unless the request carries the operator token (CDS_OPS_TOKEN) as a Bearer token.
+
+    Without a configured token the operator endpoints are open in development and closed in
+    production. The comparison is constant-time; the token is never logged.
+    """
+    expected = settings.ops_token
+    if not expected:
+        if settings.environment == "development":
+            return None
+        g.log_fields = {**g.log_fields, "error": "ops-token-not-configured"}
+        return json_response(
+            {"error": "forbidden", "message": "operator endpoint: set CDS_OPS_TOKEN to enable it in production"},
+            403,
+        )
+    scheme, _, presented = (request.headers.get("Authorization") or "").partition(" ")
+    if scheme.lower() == "bearer" and hmac.compare_digest(presented.strip().encode(), expected.encode()):
+        return None
+    g.log_fields = {**g.log_fields, "error": "unauthorized", "check": "ops-token"}
+    return json_response(
+        {"error": "unauthorized", "message": "operator endpoint: send Authorization: Bearer <CDS_OPS_TOKEN>"},
+        401,
+        {"WWW-Authenticate": 'Bearer realm="cds-ops"'},
+    )
 
 
 def _called_url(settings: Settings) -> str:

@@ -31,9 +31,24 @@ def _serve(args: argparse.Namespace) -> int:
 
         create_app(settings).run(host=settings.host, port=settings.port, debug=False, threaded=True)
         return 0
+    _refuse_unmigrated(settings)
     from .server import run_gunicorn
 
     return run_gunicorn(settings)
+
+
+def _refuse_unmigrated(settings: Settings) -> None:
+    """Production without auto-migration: stop before forking workers when the schema is behind
+    (raises SchemaNotMigrated, a SettingsError naming `cds-service migrate`). Each worker checks too."""
+    if settings.environment != "production" or settings.effective_auto_migrate:
+        return
+    from .store import Store
+
+    store = Store(settings.effective_database_url, auto_migrate=False)
+    try:
+        store.require_migrated()
+    finally:
+        store.engine.dispose()
 
 
 def _migrate(args: argparse.Namespace) -> int:
@@ -72,6 +87,36 @@ def _migrate(args: argparse.Namespace) -> int:
         print(f"{shown}: schema already at revision {after}; nothing to do")
     else:
         print(f"{shown}: schema upgraded from {before or 'none'} to {after}")
+    return 0
+
+
+def _purge(args: argparse.Namespace) -> int:
+    """Delete served cards and feedback older than the retention, keeping daily counts (retention.py)."""
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from . import migrations, retention
+    from .store import Store
+
+    settings = Settings.from_env()
+    days = args.days if args.days is not None else settings.retention_days or retention.DEFAULT_RETENTION_DAYS
+    if days < 1:
+        print("cds-service purge: --days must be at least 1", file=sys.stderr)
+        return 2
+    url = args.database_url or settings.effective_database_url
+    store = Store(url, auto_migrate=False)
+    try:
+        if not migrations.schema_state(store.engine).usable:
+            print("cds-service purge: the database schema is not migrated; run `cds-service migrate`",
+                  file=sys.stderr)
+            return 1
+        result = retention.purge(store.engine, days)
+    except SQLAlchemyError as exc:
+        print(f"cds-service purge: database unavailable at {_safe_url(url)} ({type(exc).__name__})",
+              file=sys.stderr)
+        return 1
+    finally:
+        store.engine.dispose()
+    print(result.summary())
     return 0
 
 
@@ -152,6 +197,9 @@ TOOLS = {
                  "run every fixture patient through every hook and compare the cards with the manifest"),
     "sandbox": ("cds_service.tooling.sandbox", "start a sandbox FHIR server loaded with the fixtures"),
     "fixtures": ("cds_service.tooling.fixtures", "fixture tooling: regenerate the example CDS Hooks requests"),
+    "simulate": ("cds_service.tooling.simulate",
+                 "alert burden of the site configuration on a FHIR Bulk Data export (per-topic rates per 1 000 "
+                 "patients, card counts, chart)"),
 }
 
 
@@ -182,6 +230,11 @@ def main(argv: list[str] | None = None) -> int:
     migrate.add_argument("--timeout", type=float, default=120.0,
                          help="seconds to wait for another process's migration lock (default 120)")
     migrate.set_defaults(func=_migrate)
+    purge = sub.add_parser("purge", help="delete served cards and feedback older than the retention period, "
+                           "keeping daily counts for analytics (safe while instances serve)")
+    purge.add_argument("--days", type=int, help="keep this many days (default: CDS_RETENTION_DAYS, else 400)")
+    purge.add_argument("--database-url", help="SQLAlchemy URL (default: CDS_DATABASE_URL / CDS_DATA_DIR)")
+    purge.set_defaults(func=_purge)
     evaluate = sub.add_parser("evaluate", help="evaluate one CDS Hooks request JSON file and print the response")
     evaluate.add_argument("request")
     evaluate.add_argument("--service", help="service id (default: the service for the request's hook)")

@@ -27,6 +27,7 @@ from .prefetch import resolve
 from .protocol import RequestError, validate_feedback, validate_request
 from .registry import ServiceDefinition
 from .store import ServedCard, StoreUnavailable
+from .tables import DISPOSITION_SHOWN
 
 if TYPE_CHECKING:  # the runtime builds the engine: no import at run time
     from .runtime import Runtime
@@ -41,9 +42,11 @@ class HookOutcome:
     service: ServiceDefinition
     status: int  # 200, or 412 when required data could not be had
     body: dict[str, Any]
-    decisions: tuple[Decision, ...] = ()
-    served: tuple[ServedCard, ...] = ()
+    decisions: tuple[Decision, ...] = ()  # the Decisions answered (shown)
+    served: tuple[ServedCard, ...] = ()  # served-card rows: shown, and withheld with their disposition
     log_fields: dict[str, Any] = field(default_factory=dict)
+    #: Decisions evaluated but not returned: (decision, "silent" | "suppressed") — cds_service.rollout
+    withheld: tuple[tuple[Decision, str], ...] = ()
 
     @property
     def cards(self) -> list[dict[str, Any]]:
@@ -158,9 +161,13 @@ class HookEngine:
             encounter_id=context.get("encounterId"),
             user_id=context.get("userId"),
             missing=tuple(missing_keys),
+            temperatures_complete_since=resolved.temperatures_complete_since,
         )
-        decisions = tuple(service.evaluate(EvaluationInput(hook=service.hook, record=record_, now=when)))
+        evaluated = tuple(service.evaluate(EvaluationInput(hook=service.hook, record=record_, now=when)))
+        shown, withheld = rt.governance.apply(evaluated, self._suppressed(evaluated, record_.patient_id, when, record))
+        decisions = tuple(shown)
         cards = [rt.catalog.render(decision, record_) for decision in decisions]
+        rendered = [(d, rt.catalog.render(d, record_), disposition) for d, disposition in withheld]
         served = tuple(
             ServedCard(
                 card_uuid=card["uuid"],
@@ -170,26 +177,47 @@ class HookEngine:
                 topic=decision.topic,
                 indicator=card["indicator"],
                 suggestion_uuids=tuple(s["uuid"] for s in card.get("suggestions", [])),
+                order_reference=decision.order_reference,
+                encounter_id=record_.encounter_id,
+                disposition=disposition,
             )
-            for decision, card in zip(decisions, cards, strict=True)
+            for decision, card, disposition in [*((d, c, DISPOSITION_SHOWN) for d, c in zip(decisions, cards,
+                                                                                           strict=True)), *rendered]
         )
         if record:
-            self._record_served(served, record_.patient_id, when)
-        fields.update(card_topics=[c.topic for c in served], card_ids=[c.card_uuid for c in served])
-        return HookOutcome(service, 200, {"cards": cards}, decisions, served, fields)
+            self._record_served(served, record_.patient_id, when, auth)
+        shown_cards = [c for c in served if c.disposition == DISPOSITION_SHOWN]
+        fields.update(card_topics=[c.topic for c in shown_cards], card_ids=[c.card_uuid for c in shown_cards])
+        if withheld:
+            fields.update(withheld=[f"{c.topic}:{c.disposition}" for c in served if c.disposition != DISPOSITION_SHOWN])
+        return HookOutcome(service, 200, {"cards": cards}, decisions, served, fields, tuple(withheld))
 
-    def _record_served(self, served: tuple[ServedCard, ...], patient_id: str, when: datetime) -> None:
+    def _suppressed(self, decisions: tuple[Decision, ...], patient_id: str, when: datetime, record: bool) -> set[str]:
+        """Topics withheld for this patient after a recent override (only where the site configured it)."""
+        rt = self.runtime
+        candidates = {d.topic for d in decisions} & rt.governance.suppressible_topics
+        if not (record and candidates and rt.store is not None):
+            return set()
+        try:
+            return rt.store.suppressed_topics(patient_id, candidates, when.astimezone(UTC))
+        except StoreUnavailable:
+            log.warning("suppression not checked: database unavailable; the cards are shown")
+            return set()
+
+    def _record_served(self, served: tuple[ServedCard, ...], patient_id: str, when: datetime, auth: Any) -> None:
         store = self.runtime.store
         if store is not None:
             try:
-                store.record_served(served, patient_id, when.astimezone(UTC))
+                store.record_served(served, patient_id, when.astimezone(UTC),
+                                    issuer=getattr(auth, "issuer", None), tenant=getattr(auth, "tenant", None))
             except StoreUnavailable:
                 # Cards need no database: the clinician still gets them; only analytics lose this row.
                 log.warning(
                     "served cards not recorded: database unavailable", extra={"card_ids": [c.card_uuid for c in served]}
                 )
         for card in served:
-            CARDS_SERVED.labels(card.service_id, card.topic).inc()
+            if card.disposition == DISPOSITION_SHOWN:
+                CARDS_SERVED.labels(card.service_id, card.topic).inc()
 
     # ---- feedback ---------------------------------------------------------------------------
 
@@ -201,7 +229,9 @@ class HookEngine:
         try:
             if store is None:
                 raise StoreUnavailable("no feedback store in this process")
-            stored = store.record_feedback(service.id, body["feedback"], datetime.now(UTC))
+            stored = store.record_feedback(service.id, body["feedback"], datetime.now(UTC),
+                                           issuer=getattr(auth, "issuer", None), tenant=getattr(auth, "tenant", None),
+                                           suppression_days=self.runtime.governance.suppression)
         except StoreUnavailable:
             return FeedbackOutcome(
                 503, {"error": "store-unavailable", "message": "feedback could not be stored; retry later"}, fields

@@ -29,6 +29,8 @@ import traceback
 from datetime import UTC, datetime
 from typing import Any, TextIO
 
+from .request_ids import is_safe_request_id
+
 #: Structured fields copied from ``extra={...}`` into the JSON line. Everything else is dropped.
 LOGGED_FIELDS: tuple[str, ...] = (
     "request_id",  # correlation id of the HTTP request
@@ -77,8 +79,9 @@ _SECRET_FIELD_RE = re.compile(
 # uuids a feedback call names). Any string is accepted on the wire, so a client could put a name or an
 # MRN there; only UUID-shaped values are written, anything else becomes a fixed placeholder.
 _UUID_FIELDS = frozenset({"hook_instance", "card_ids"})
-_UUID_RE = re.compile(r"^[0-9A-Fa-f]{8}-?[0-9A-Fa-f]{4}-?[0-9A-Fa-f]{4}-?[0-9A-Fa-f]{4}-?[0-9A-Fa-f]{12}$")
+_UUID_RE = re.compile(r"^[0-9A-Fa-f]{8}-?[0-9A-Fa-f]{4}-?[0-9A-Fa-f]{4}-?[0-9A-Fa-f]{4}-?[0-9A-Fa-f]{12}\Z")
 NOT_A_UUID = "[not-a-uuid]"
+NOT_A_REQUEST_ID = "[not-a-request-id]"
 
 
 def _uuid_only(value: Any) -> Any:
@@ -154,8 +157,13 @@ class JsonFormatter(logging.Formatter):
         }
         for name in LOGGED_FIELDS:
             value = record.__dict__.get(name)
-            if value is not None:
-                entry[name] = _scrub(_uuid_only(value) if name in _UUID_FIELDS else value)
+            if value is None:
+                continue
+            if name in _UUID_FIELDS:
+                value = _uuid_only(value)
+            elif name == "request_id" and not (isinstance(value, str) and is_safe_request_id(value)):
+                value = NOT_A_REQUEST_ID  # the app replaces such ids (request_ids.py); any other caller too
+            entry[name] = _scrub(value)
         if record.exc_info and record.exc_info[0] is not None:
             exc_type, _exc, tb = record.exc_info
             entry["exc_type"] = exc_type.__name__

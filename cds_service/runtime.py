@@ -11,6 +11,8 @@ from .engine import HookEngine
 from .fhir_client import FhirClient
 from .protocol import validators
 from .registry import ServiceDefinition, build_registry
+from .rollout import Governance
+from .rollout import load as load_governance
 from .settings import Settings, SettingsError
 from .store import Store
 
@@ -24,6 +26,7 @@ class Runtime:
     store: Store | None  # None: an evaluation-only process (cds-service evaluate) records nothing
     fhir: FhirClient
     authenticator: Authenticator | None
+    governance: Governance = field(default_factory=Governance)  # per-topic rollout, suppression (rollout.py)
     engine: HookEngine = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -46,17 +49,22 @@ class Runtime:
             store = Store(
                 settings.effective_database_url, settings.patient_hash_key, auto_migrate=settings.effective_auto_migrate
             )
-            replay_cache = SqlReplayCache(store.engine)
+            replay_cache = SqlReplayCache(store.engine, ensure_schema=store.ensure_schema)
             # A database that is down at start-up must not stop hooks from being answered:
             # the store retries schema creation on first use and /readyz reports not-ready meanwhile.
-            if store.create_schema():
-                replay_cache.create_table(store.engine)
+            if settings.environment == "production" and not settings.effective_auto_migrate:
+                store.require_migrated()  # refuse to start on a schema `cds-service migrate` has not brought up
+            store.create_schema()  # jwt_replay is part of the schema (cds_service.tables)
             authenticator = Authenticator(settings, replay_cache)
+        catalog = CardCatalog.load(settings.cards_dir)
+        reasons = {topic: [r["code"] for r in card.override_reasons] for topic, card in catalog.cards.items()}
+        governance = load_governance(settings.site_config, reasons, patient_hash_key=settings.patient_hash_key)
         return cls(
             settings=settings,
             knowledge=knowledge,
             services=build_registry(knowledge),
-            catalog=CardCatalog.load(settings.cards_dir),
+            catalog=catalog,
+            governance=governance,
             store=store,
             fhir=FhirClient(
                 timeout=settings.fhir_timeout_seconds,
@@ -69,5 +77,7 @@ class Runtime:
     def close(self) -> None:
         """Release pooled connections (FHIR keep-alive sessions, database pool)."""
         self.fhir.close()
+        if self.authenticator is not None:
+            self.authenticator.close()  # background JWKS fetch threads
         if self.store is not None:
             self.store.engine.dispose()

@@ -83,8 +83,11 @@ class Settings:
     jwks_cache_seconds: int = 3600
     bench_floor: bool = False  # expose POST /_bench/floor (benchmarks only)
     auto_migrate: bool | None = None  # None → on in development; production runs `cds-service migrate`
+    # Served cards and feedback older than this are removed by `cds-service purge` (None → 400 days)
+    retention_days: int | None = None
     # Console for clinical informaticists
     console_enabled: bool | None = None  # None → on in development, off in production
+    ops_token: str | None = None  # Bearer token for /metrics and /console/api/* (required in production)
 
     @property
     def effective_database_url(self) -> str:
@@ -148,6 +151,7 @@ class Settings:
             "CDS_LOG_LEVEL": ("log_level", str),
             "CDS_AUTH_MODE": ("auth_mode", str),
             "CDS_PUBLIC_BASE_URL": ("public_base_url", str),
+            "CDS_OPS_TOKEN": ("ops_token", str),
             "CDS_TIMEZONE": ("timezone", str),
         }
         for var, (attr, kind) in simple.items():
@@ -173,6 +177,7 @@ class Settings:
             "CDS_FHIR_MAX_RESPONSE_BYTES": ("fhir_max_response_bytes", int),
             "CDS_JWT_CLOCK_SKEW": ("jwt_clock_skew_seconds", int),
             "CDS_JWKS_CACHE_SECONDS": ("jwks_cache_seconds", int),
+            "CDS_RETENTION_DAYS": ("retention_days", int),
         }
         for var, (attr, kind) in numbers.items():
             if env.get(var):

@@ -4,9 +4,12 @@ Served cards are recorded so feedback joins to the card it answers and acceptanc
 can be reported per topic. No patient identifier is stored: at most a keyed HMAC of the patient id
 (only when a key is configured), which lets analytics count distinct patients without revealing them.
 
-The schema is owned by the Alembic migrations in cds_service.migrations (``cds-service migrate``). The
-tables below are what the code reads and writes; a change here needs a new migration revision (the
-drift test in tests/cluster/test_migrations.py fails until there is one). At start-up each worker
+Every served card is recorded with the client (issuer and tenant) it was served to: feedback from
+another client is stored flagged ``issuer-mismatch`` and left out of analytics. Answers are ordered by
+the time the server received them; the client's ``outcomeTimestamp`` is kept as data only.
+
+The schema (cds_service.tables) is owned by the Alembic migrations in cds_service.migrations
+(``cds-service migrate``). At start-up each worker
 checks the schema revision (one SELECT); with ``auto_migrate`` (the default) a database that is behind
 is upgraded under the migration lock, which is safe from any number of workers and instances, so a
 development checkout needs no step. Production runs ``cds-service migrate`` as an explicit release
@@ -20,74 +23,29 @@ import hashlib
 import hmac
 import json
 import logging
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import (
-    Boolean,
-    Column,
-    DateTime,
-    Engine,
-    Index,
-    Integer,
-    MetaData,
-    String,
-    Table,
-    Text,
-    create_engine,
-    event,
-    insert,
-    select,
-    text,
-)
+from sqlalchemy import Engine, and_, create_engine, event, insert, select, text
 from sqlalchemy.exc import SQLAlchemyError
 
+from .errors import SettingsError
+from .tables import DISPOSITION_SHOWN, feedback, metadata, served_cards, suppressions
+
+__all__ = ["ServedCard", "Store", "StoreUnavailable", "SchemaNotMigrated", "feedback", "metadata", "served_cards"]
+
 log = logging.getLogger("cds_service.store")
-
-metadata = MetaData()
-
-served_cards = Table(
-    "served_cards",
-    metadata,
-    Column("card_uuid", String(64), primary_key=True),
-    Column("service_id", String(100), nullable=False),
-    Column("hook", String(50), nullable=False),
-    Column("hook_instance", String(200), nullable=False),
-    Column("topic", String(50), nullable=False),
-    Column("indicator", String(20), nullable=False),
-    Column("suggestion_uuids", Text, nullable=False, default="[]"),
-    Column("patient_hash", String(64)),
-    Column("served_at", DateTime(timezone=True), nullable=False),
-    Index("ix_served_cards_served_at", "served_at"),
-    Index("ix_served_cards_topic", "topic"),
-)
-
-feedback = Table(
-    "feedback",
-    metadata,
-    Column("id", Integer, primary_key=True, autoincrement=True),
-    Column("service_id", String(100), nullable=False),
-    Column("card_uuid", String(200), nullable=False),
-    Column("outcome", String(20), nullable=False),
-    Column("accepted_suggestions", Text, nullable=False, default="[]"),
-    Column("override_system", String(300)),
-    Column("override_code", String(100)),
-    Column("override_display", String(300)),
-    Column("user_comment", Text),
-    Column("outcome_timestamp", DateTime(timezone=True), nullable=False),
-    Column("received_at", DateTime(timezone=True), nullable=False),
-    Column("known_card", Boolean, nullable=False),
-    Column("flag", String(100)),
-    Index("ix_feedback_card_uuid", "card_uuid"),
-    Index("ix_feedback_received_at", "received_at"),
-)
 
 
 class StoreUnavailable(Exception):
     """The database cannot be reached; callers answer 503 rather than a false success."""
+
+
+class SchemaNotMigrated(SettingsError):
+    """Production start-up found a schema behind this release and auto-migration off."""
 
 
 @dataclass(frozen=True)
@@ -99,6 +57,10 @@ class ServedCard:
     topic: str
     indicator: str
     suggestion_uuids: tuple[str, ...]
+    #: "ServiceRequest/abc" when the card is about one draft order (Decision.order_reference)
+    order_reference: str | None = None
+    encounter_id: str | None = None
+    disposition: str = DISPOSITION_SHOWN
 
 
 def _parse_timestamp(value: str) -> datetime:
@@ -110,6 +72,9 @@ def _parse_timestamp(value: str) -> datetime:
 #: How long a starting worker waits for another process's migration before giving up (it then reports
 #: not-ready and checks again on the next readiness probe or write, without waiting).
 STARTUP_MIGRATION_WAIT_SECONDS = 10.0
+
+#: Feedback flags that analytics ignore (the answer cannot be attributed to the card's presentation).
+EXCLUDED_FLAGS = ("service-mismatch", "issuer-mismatch")
 
 
 class Store:
@@ -160,6 +125,18 @@ class Store:
                 "run `cds-service migrate`")
         return self._schema_outcome(state.status)
 
+    def require_migrated(self) -> None:
+        """Production start-up: refuse a reachable database whose schema is behind (or absent).
+
+        Without this an unmigrated production instance answers hooks but records nothing and answers
+        feedback with 503. A database that is down is not refused (hooks need no database; /readyz
+        reports it), nor is one another process is migrating right now."""
+        if self.create_schema() or self.schema_status not in {"behind", "unversioned", "invalid"}:
+            return
+        raise SchemaNotMigrated(
+            f"the database schema is {self.schema_status}: run `cds-service migrate` before starting the "
+            "service (or set CDS_AUTO_MIGRATE=true to let instances migrate at start-up)")
+
     def _schema_outcome(self, status: str, problem: str | None = None) -> bool:
         """Record the schema status; log a problem once per change of status, not on every probe."""
         ready = status in {"current", "ahead"}
@@ -169,14 +146,25 @@ class Store:
         self._schema_ready = ready
         return ready
 
-    def _ensure_schema(self) -> None:
+    def ensure_schema(self) -> None:
+        """Raise StoreUnavailable unless the schema is usable (migrating it only when auto_migrate is on)."""
         if not self._schema_ready and not self.create_schema(wait=0):
             raise StoreUnavailable(f"database schema {self.schema_status}")
+
 
     def patient_hash(self, patient_id: str) -> str | None:
         if not self._hash_key:
             return None
         return hmac.new(self._hash_key, patient_id.encode(), hashlib.sha256).hexdigest()
+
+    def presentation_key(self, card: ServedCard) -> str:
+        """One presentation = same service, topic and order within one encounter (or, without an
+        encounter, one hook instance). Hashed (keyed when a key is set): the ids are not stored."""
+        scope = f"encounter:{card.encounter_id}" if card.encounter_id else f"hook-instance:{card.hook_instance}"
+        material = "\x1f".join((card.service_id, card.topic, scope, card.order_reference or "")).encode()
+        if self._hash_key:
+            return hmac.new(self._hash_key, material, hashlib.sha256).hexdigest()
+        return hashlib.sha256(material).hexdigest()
 
     def ping(self) -> bool:
         try:
@@ -186,7 +174,10 @@ class Store:
             return False
         return self._schema_ready or self.create_schema(wait=0)
 
-    def record_served(self, cards: Iterable[ServedCard], patient_id: str | None, now: datetime) -> None:
+    def record_served(self, cards: Iterable[ServedCard], patient_id: str | None, now: datetime, *,
+                      issuer: str | None = None, tenant: str | None = None) -> None:
+        """Record cards served (or, by disposition, withheld) to the client ``issuer``/``tenant``."""
+        patient_hash = self.patient_hash(patient_id) if patient_id else None
         rows = [
             {
                 "card_uuid": card.card_uuid,
@@ -196,46 +187,47 @@ class Store:
                 "topic": card.topic,
                 "indicator": card.indicator,
                 "suggestion_uuids": json.dumps(list(card.suggestion_uuids)),
-                "patient_hash": self.patient_hash(patient_id) if patient_id else None,
+                "patient_hash": patient_hash,
                 "served_at": now,
+                "issuer": issuer,
+                "tenant": tenant,
+                "presentation_key": self.presentation_key(card),
+                "disposition": card.disposition,
             }
             for card in cards
         ]
         if not rows:
             return
-        self._ensure_schema()
+        self.ensure_schema()
         try:
             with self.engine.begin() as conn:
                 conn.execute(insert(served_cards), rows)
         except SQLAlchemyError as exc:
             raise StoreUnavailable(str(type(exc).__name__)) from exc
 
-    def record_feedback(self, service_id: str, items: list[dict[str, Any]], now: datetime) -> list[dict[str, Any]]:
-        """Store every item; unknown cards are kept and flagged, never rejected."""
-        self._ensure_schema()
+    def record_feedback(self, service_id: str, items: list[dict[str, Any]], now: datetime, *,
+                        issuer: str | None = None, tenant: str | None = None,
+                        suppression_days: Mapping[tuple[str, str], int] | None = None) -> list[dict[str, Any]]:
+        """Store every item; unknown cards and cards served to another client are kept and flagged,
+        never rejected. ``suppression_days`` maps (topic, override reason code) to the days the topic
+        is then withheld for the card's patient (needs the patient hash key)."""
+        self.ensure_schema()
         try:
             with self.engine.begin() as conn:
                 uuids = [item["card"] for item in items]
                 known = {
                     row.card_uuid: row
                     for row in conn.execute(
-                        select(served_cards.c.card_uuid, served_cards.c.service_id, served_cards.c.suggestion_uuids)
+                        select(served_cards.c.card_uuid, served_cards.c.service_id, served_cards.c.suggestion_uuids,
+                               served_cards.c.issuer, served_cards.c.tenant, served_cards.c.topic,
+                               served_cards.c.patient_hash)
                         .where(served_cards.c.card_uuid.in_(uuids))
                     )
                 }
-                rows = []
+                rows, acks = [], []
                 for item in items:
                     card = known.get(item["card"])
-                    flag = None
-                    if card is None:
-                        flag = "unknown-card"
-                    elif card.service_id != service_id:
-                        flag = "service-mismatch"
-                    else:
-                        offered = set(json.loads(card.suggestion_uuids))
-                        accepted = {s["id"] for s in item.get("acceptedSuggestions", [])}
-                        if accepted - offered:
-                            flag = "unknown-suggestion"
+                    flag = _flag(card, item, service_id, issuer, tenant)
                     reason = (item.get("overrideReason") or {}).get("reason") or {}
                     rows.append(
                         {
@@ -253,13 +245,81 @@ class Store:
                             "received_at": now,
                             "known_card": card is not None,
                             "flag": flag,
+                            "issuer": issuer,
+                            "tenant": tenant,
                         }
                     )
+                    # Another client learns nothing about this client's cards: it hears "unknown card".
+                    foreign = flag == "issuer-mismatch"
+                    acks.append({"card": item["card"], "knownCard": card is not None and not foreign,
+                                 **({"flag": "unknown-card" if foreign else flag} if flag else {})})
+                    if (suppression_days and card is not None and flag is None and card.patient_hash
+                            and item["outcome"] == "overridden"):
+                        days = suppression_days.get((card.topic, reason.get("code") or ""))
+                        if days:
+                            _suppress(conn, card.patient_hash, card.topic, now + timedelta(days=days),
+                                      reason.get("code"))
                 conn.execute(insert(feedback), rows)
         except SQLAlchemyError as exc:
             raise StoreUnavailable(str(type(exc).__name__)) from exc
-        return [{"card": r["card_uuid"], "knownCard": r["known_card"], **({"flag": r["flag"]} if r["flag"] else {})}
-                for r in rows]
+        return acks
+
+    def suppressed_topics(self, patient_id: str, topics: Iterable[str], now: datetime) -> set[str]:
+        """Topics withheld for this patient at ``now`` after an override (empty without a hash key).
+
+        Raises StoreUnavailable when the database cannot answer: the caller then shows the cards
+        (suppression is a comfort, never a reason to hide a card on doubt)."""
+        patient_hash = self.patient_hash(patient_id)
+        wanted = sorted(set(topics))
+        if patient_hash is None or not wanted:
+            return set()
+        self.ensure_schema()
+        try:
+            with self.engine.connect() as conn:
+                return set(conn.execute(
+                    select(suppressions.c.topic).where(and_(
+                        suppressions.c.patient_hash == patient_hash, suppressions.c.topic.in_(wanted),
+                        suppressions.c.until > now))
+                ).scalars())
+        except SQLAlchemyError as exc:
+            raise StoreUnavailable(str(type(exc).__name__)) from exc
+
+
+def _flag(card: Any, item: dict[str, Any], service_id: str, issuer: str | None, tenant: str | None) -> str | None:
+    if card is None:
+        return "unknown-card"
+    if card.service_id != service_id:
+        return "service-mismatch"
+    if (card.issuer, card.tenant) != (issuer, tenant):
+        return "issuer-mismatch"
+    offered = set(json.loads(card.suggestion_uuids))
+    accepted = {s["id"] for s in item.get("acceptedSuggestions", [])}
+    return "unknown-suggestion" if accepted - offered else None
+
+
+def _suppress(conn: Any, patient_hash: str, topic: str, until: datetime, reason_code: str | None) -> None:
+    """Insert or extend (never shorten) the suppression of ``topic`` for this patient."""
+    values = {"patient_hash": patient_hash, "topic": topic, "until": until, "reason_code": reason_code}
+    dialect = conn.dialect.name
+    if dialect in {"sqlite", "postgresql"}:
+        if dialect == "sqlite":
+            from sqlalchemy.dialects.sqlite import insert as dialect_insert
+        else:
+            from sqlalchemy.dialects.postgresql import insert as dialect_insert
+        statement = dialect_insert(suppressions).values(**values)
+        conn.execute(statement.on_conflict_do_update(
+            index_elements=[suppressions.c.patient_hash, suppressions.c.topic],
+            set_={"until": statement.excluded.until, "reason_code": statement.excluded.reason_code},
+            where=suppressions.c.until < statement.excluded.until,
+        ))
+        return
+    current = conn.execute(select(suppressions.c.until).where(and_(
+        suppressions.c.patient_hash == patient_hash, suppressions.c.topic == topic))).scalar()
+    if current is None:
+        conn.execute(insert(suppressions).values(**values))
+    elif current < until:
+        conn.execute(suppressions.update().where(and_(
+            suppressions.c.patient_hash == patient_hash, suppressions.c.topic == topic)).values(**values))
 
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:

@@ -383,9 +383,11 @@ def _apply_site_config(path: Path, valuesets: dict[str, ValueSet], thresholds: T
         return thresholds
     if not isinstance(config, dict):
         raise KnowledgeError(f"{source}: expected a mapping with 'valuesets' and/or 'thresholds'")
-    unknown = sorted(set(config) - {"valuesets", "thresholds"})
+    # rollout and suppression are go-live governance, read by cds_service.rollout (not clinical knowledge)
+    unknown = sorted(set(config) - {"valuesets", "thresholds", "rollout", "suppression"})
     if unknown:
-        raise KnowledgeError(f"{source}: unknown top-level key(s) {unknown}; allowed: valuesets, thresholds")
+        raise KnowledgeError(f"{source}: unknown top-level key(s) {unknown}; allowed: valuesets, thresholds, "
+                             "rollout, suppression")
     sets = config.get("valuesets") or {}
     if not isinstance(sets, dict):
         raise KnowledgeError(f"{source}: valuesets: expected a mapping of value set id to a list of codes")

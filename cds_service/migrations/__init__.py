@@ -74,15 +74,10 @@ class SchemaState:
 
 
 def target_metadata() -> MetaData:
-    """Every table the service owns, for autogenerate and drift checks: the store's tables and the JWT
-    replay table, taken from their single definitions (cds_service.store, cds_service.auth)."""
-    from cds_service.auth import jwt_replay
-    from cds_service.store import metadata as store_metadata
+    """Every table the service owns (cds_service.tables), for autogenerate and drift checks."""
+    from cds_service.tables import metadata
 
-    combined = MetaData()
-    for table in (*store_metadata.tables.values(), jwt_replay):
-        table.to_metadata(combined)
-    return combined
+    return metadata
 
 
 def alembic_config(connection: Connection | None = None, *, url: str | None = None,

@@ -29,7 +29,7 @@ from pathlib import Path
 
 import pytest
 
-from .harness import CLI, Figures, Instance, Issuer, Nginx, PgCluster, _world_readable_tmpdir, free_port
+from .harness import CLI, OPS_TOKEN, Figures, Instance, Issuer, Nginx, PgCluster, _world_readable_tmpdir, free_port
 
 WORKERS_PER_INSTANCE = 2
 FIGURES: list[Figures] = []
@@ -78,6 +78,7 @@ def instance_env(database_url: str, issuer: Issuer, public_url: str) -> dict[str
         "CDS_CONSOLE": "true",
         "CDS_PATIENT_HASH_KEY": "cluster-test-hash-key",
         "CDS_LOG_LEVEL": "WARNING",
+        "CDS_OPS_TOKEN": OPS_TOKEN,  # /metrics needs it in production (issue 15 item 11)
     }
 
 

@@ -42,6 +42,11 @@ HTTP_TIMEOUT = (3, 40)  # (connect, read): every client call is bounded
 ISSUER = "https://ehr.cluster-test.example"
 
 
+#: The instances' CDS_OPS_TOKEN: /metrics needs it as a Bearer token in production.
+OPS_TOKEN = "cluster-ops-token-6d0f2a"
+OPS_HEADERS = {"Authorization": f"Bearer {OPS_TOKEN}"}
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

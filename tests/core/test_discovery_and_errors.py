@@ -200,10 +200,19 @@ def test_bench_floor_exists_only_when_enabled(client, make_app):
     assert floor.status_code == 200 and floor.get_json() == {"cards": []}
 
 
-def test_production_without_migration_is_not_ready_and_says_why(make_app):
-    """Production does not change the schema on its own: until `cds-service migrate` runs, /readyz
-    says the schema is missing (hooks are still answered)."""
+def test_production_refuses_to_start_on_an_unmigrated_schema(make_app, tmp_path):
+    """Issue 17 item 6: production does not change the schema on its own, and no longer starts on a
+    schema `cds-service migrate` has not brought up (it used to answer hooks and lose every record)."""
+    from cds_service import cli
+    from cds_service.store import SchemaNotMigrated
+
+    with pytest.raises(SchemaNotMigrated, match="cds-service migrate"):
+        make_app(environment="production", auth_mode="off", auto_migrate=False)
+    assert cli.main(["migrate", "--database-url", f"sqlite:///{tmp_path / 'cds.sqlite3'}"]) == 0
     app = make_app(environment="production", auth_mode="off", auto_migrate=False)
-    response = app.test_client().get("/readyz")
-    assert response.status_code == 503
-    assert response.get_json() == {"status": "not-ready", "database": "schema-not-ready", "schema": "unversioned"}
+    assert app.test_client().get("/readyz").get_json()["status"] == "ready"
+
+
+def test_production_with_auto_migrate_migrates_at_start(make_app):
+    app = make_app(environment="production", auth_mode="off", auto_migrate=True)
+    assert app.test_client().get("/readyz").status_code == 200

@@ -120,3 +120,32 @@ def test_feedback_when_database_is_down_is_503_not_a_false_success(make_app):
     response = app.test_client().post("/cds-services/lbp-patient-view/feedback", json=body)
     assert response.status_code == 503
     assert response.headers["Retry-After"]
+
+
+# ---- issue 15 item 4: feedback bound to the client the card was served to -----------------------
+
+def _feedback_item(card: ServedCard, outcome: str = "overridden") -> dict:
+    item = {"card": card.card_uuid, "outcome": outcome, "outcomeTimestamp": "2026-11-21T10:00:00Z"}
+    if outcome == "accepted":
+        item["acceptedSuggestions"] = [{"id": card.suggestion_uuids[0]}]
+    return item
+
+
+def test_feedback_from_another_tenant_of_the_same_issuer_is_flagged(backend_app):
+    store = backend_app.extensions["cds"].store
+    card = ServedCard(str(uuid.uuid4()), "lbp-patient-view", "patient-view", "hi", "axspa-referral", "info",
+                      (str(uuid.uuid4()),))
+    store.record_served([card], "p1", datetime.now(UTC), issuer="https://ehr.example", tenant="north")
+    now = datetime.now(UTC)
+    other = store.record_feedback("lbp-patient-view", [_feedback_item(card)], now, issuer="https://ehr.example",
+                                  tenant="south")
+    assert other == [{"card": card.card_uuid, "knownCard": False, "flag": "unknown-card"}]
+    anonymous = store.record_feedback("lbp-patient-view", [_feedback_item(card)], now)
+    assert anonymous[0]["flag"] == "unknown-card"  # no authentication is another client too
+    own = store.record_feedback("lbp-patient-view", [_feedback_item(card, "accepted")], now,
+                                issuer="https://ehr.example", tenant="north")
+    assert own == [{"card": card.card_uuid, "knownCard": True}]
+    flags = [r["flag"] for r in sorted(rows(backend_app, feedback), key=lambda r: r["id"])]
+    assert flags == ["issuer-mismatch", "issuer-mismatch", None]
+    stored = {r["tenant"] for r in rows(backend_app, feedback)}
+    assert stored == {"north", "south", None}

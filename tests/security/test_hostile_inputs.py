@@ -187,7 +187,8 @@ def test_body_that_is_not_a_json_object_is_400_naming_the_problem(client: FlaskC
 
 
 def test_deep_nesting_within_the_parser_limit_inside_a_resource_is_answered(client: FlaskClient) -> None:
-    """900 levels inside a relevant Condition: parsed, the resource is skipped or used, never a crash."""
+    """900 levels inside a relevant Condition: parsed by orjson, then refused with a 400 naming the
+    resource (issue 15 item 3: deeper than protocol.MAX_NESTING_DEPTH), never a crash."""
     body = request_for("patient-view")
     condition = body["prefetch"]["conditions"]["entry"][0]["resource"]
     nested: Any = "leaf"
@@ -195,7 +196,9 @@ def test_deep_nesting_within_the_parser_limit_inside_a_resource_is_answered(clie
         nested = [nested]
     condition["extension"] = [{"url": "http://example.org/deep", "valueString": "x", "extension": nested}]
     condition["note"] = [{"text": "x", "extension": [{"url": "http://example.org/d", "valueReference": nested}]}]
-    assert_clean(post(client, VIEW, body), 200)
+    answer = assert_clean(post(client, VIEW, body), 400)
+    assert answer is not None and answer["error"] == "too-deep"
+    assert answer["field"].startswith("$.prefetch.conditions.entry[0].resource."), answer
 
 
 @pytest.mark.parametrize(
@@ -638,13 +641,19 @@ def _lab_order(index: int, patient_id: str) -> dict[str, Any]:
 
 @pytest.mark.parametrize("hook", ["order-select", "order-sign"])
 def test_thousands_of_draft_orders(big_client: FlaskClient, hook: str) -> None:
+    """Up to the cap (200 draft orders, issue 15 item 10) other orders change nothing; 3 000 are a 413."""
     client = big_client
     path_ = f"/cds-services/{SERVICE_IDS[hook]}"
     body = request_for(hook)
     baseline = topics(post(client, path_, body))
     patient_id = body["context"]["patientId"]
-    body["context"]["draftOrders"]["entry"] += [{"resource": _lab_order(i, patient_id)} for i in range(3000)]
+    entries = body["context"]["draftOrders"]["entry"]
+    room = 200 - len(entries)
+    body["context"]["draftOrders"]["entry"] = entries + [{"resource": _lab_order(i, patient_id)} for i in range(room)]
     assert topics(post(client, path_, body)) == baseline  # the lab orders change nothing
+    body["context"]["draftOrders"]["entry"] = entries + [{"resource": _lab_order(i, patient_id)} for i in range(3000)]
+    answer = assert_clean(post(client, path_, body), 413)
+    assert answer is not None and answer["field"] == "$.context.draftOrders.entry" and "200" in answer["message"]
 
 
 def test_many_imaging_orders_get_one_card_each(client: FlaskClient) -> None:

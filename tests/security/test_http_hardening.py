@@ -180,6 +180,9 @@ def test_production_401_and_errors_are_hardened(
 # ------------------------------------------------------------------------------- on the wire (gunicorn)
 
 
+OPS = "ops-token-live-3b9d"
+
+
 def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -190,9 +193,11 @@ def _free_port() -> int:
 def live_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
     """`cds-service serve` (gunicorn, one worker) as in production, authentication off."""
     port = _free_port()
-    env = {**os.environ, "CDS_ENV": "production", "CDS_AUTH_MODE": "off", "CDS_WORKERS": "1",
+    env = {**os.environ, "CDS_ENV": "production", "CDS_AUTH_MODE": "off", "CDS_WORKERS": "1", "CDS_OPS_TOKEN": OPS,
            "CDS_DATA_DIR": str(tmp_path_factory.mktemp("live")), "CDS_MAX_REQUEST_BYTES": "65536"}
     cli = Path(sys.executable).parent / "cds-service"
+    # the production recipe: the schema first (production refuses to start on an unmigrated one)
+    subprocess.run([str(cli), "migrate"], env=env, check=True, capture_output=True, timeout=120)
     process = subprocess.Popen([str(cli), "serve", "--port", str(port)], env=env, stdout=subprocess.DEVNULL,
                                stderr=subprocess.DEVNULL, start_new_session=True)
     try:
@@ -248,14 +253,16 @@ RAW_REQUESTS = {
                                b"Content-Length: -1\r\n\r\n",
     "null-byte-path": b"GET /cds-services\x00 HTTP/1.1\r\nHost: x\r\n\r\n",
     "absolute-uri": b"GET http://evil.example/cds-services HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
-    "metrics": b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    "metrics": b"GET /metrics HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " + OPS.encode()
+               + b"\r\nConnection: close\r\n\r\n",
+    "metrics-without-token": b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
 }
 
 
 @pytest.mark.parametrize("name", list(RAW_REQUESTS))
 def test_raw_http_answers_reveal_no_software_or_trace(live_server: int, name: str) -> None:
     answer = _raw(live_server, RAW_REQUESTS[name])
-    app_answers = ("ok", "404", "absolute-uri", "chunked-over-limit", "metrics", "bad-chunked")
+    app_answers = ("ok", "404", "absolute-uri", "chunked-over-limit", "metrics", "metrics-without-token")
     if not answer:
         assert name not in app_answers, "no answer"
         return  # the server closed the connection: nothing revealed
@@ -266,11 +273,42 @@ def test_raw_http_answers_reveal_no_software_or_trace(live_server: int, name: st
     _leak_free(answer.decode("latin-1"))
     if name == "chunked-over-limit":
         assert status == 413, status_line
-    if name == "bad-chunked":
-        assert status == 400 and b'"malformed-body"' in body, answer[:300]
+    if name == "bad-chunked":  # the server's parser refuses it (JSON); the app's handler if it got that far
+        assert status == 400 and json.loads(body)["error"] in {"bad-request", "malformed-body"}, answer[:300]
+    if name in ("huge-header", "too-many-headers"):
+        assert status == 431 and json.loads(body)["error"] == "request-header-fields-too-large", answer[:300]
+    if status >= 400:  # whoever answers, every error is JSON with the security headers (issue 15 item 8)
+        lowered = head.decode("latin-1").lower()
+        assert "content-type: application/json" in lowered, answer[:300]
+        assert "x-content-type-options: nosniff" in lowered, answer[:300]
+        assert json.loads(body)["message"], answer[:300]
     if name in ("ok", "metrics"):
         assert status == 200, status_line
+    if name == "metrics-without-token":
+        assert status == 401 and b'"unauthorized"' in body, answer[:300]
     if name in app_answers:  # answered by the app: its headers are on
         headers = head.decode("latin-1").lower()
         assert "x-content-type-options: nosniff" in headers
         assert "content-security-policy:" in headers
+
+
+def _status_and_body(answer: bytes) -> tuple[int, dict[str, Any]]:
+    head, _, body = answer.partition(b"\r\n\r\n")
+    return int(head.split(b" ", 2)[1]), json.loads(body)
+
+
+def test_tokens_up_to_the_apps_limit_reach_the_app_and_longer_ones_get_json_431(live_server: int) -> None:
+    """Issue 15 item 8: the server's header-field limit is aligned with the app's 16 KiB token limit."""
+    from cds_service.auth import MAX_TOKEN_CHARS
+
+    def call(token_chars: int) -> tuple[int, dict[str, Any]]:
+        token = "a" * (token_chars - 20) + ".bbbbbbbbbb.cccccccc"
+        return _status_and_body(_raw(live_server, (
+            f"GET /cds-services HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\n"
+            "Connection: close\r\n\r\n").encode()))
+
+    assert call(MAX_TOKEN_CHARS)[0] == 200  # authentication is off on this server: the header was accepted
+    assert call(MAX_TOKEN_CHARS + 1)[0] == 200
+    status, body = call(MAX_TOKEN_CHARS + 200)
+    assert status == 431 and body["error"] == "request-header-fields-too-large", body
+    assert str(MAX_TOKEN_CHARS + 64) in body["message"]

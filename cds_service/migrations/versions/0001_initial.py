@@ -5,8 +5,8 @@ Revises:
 Create Date: 2026-06-01
 
 ``served_cards`` and ``feedback`` are written out here as they were at this revision (a migration is
-history: later changes to cds_service.store go into later revisions). ``jwt_replay`` is imported from
-cds_service.auth, its single definition; should that table ever change, the revision that changes it
+history: later changes go into later revisions). ``jwt_replay`` is imported from cds_service.tables,
+its single definition; should that table ever change, the revision that changes it
 must cope with both shapes (a database created fresh gets the new shape from this revision).
 
 Databases created before migrations existed (``metadata.create_all`` at start-up) are adopted: only
@@ -19,7 +19,7 @@ import sqlalchemy as sa
 from alembic import context, op
 from sqlalchemy.schema import CreateIndex, CreateTable
 
-from cds_service.auth import jwt_replay
+from cds_service.tables import jwt_replay
 
 revision = "0001"
 down_revision = None

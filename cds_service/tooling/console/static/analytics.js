@@ -3,7 +3,10 @@ import { clear, el, errorText, formatPercent, getJSON } from "./common.js";
 
 const $ = (id) => document.getElementById(id);
 const SVG = "http://www.w3.org/2000/svg";
-const COLORS = { accepted: "#1f6feb", overridden: "#e36209", noAnswer: "#c9d1db", rate: "#13294b" };
+const COLORS = {
+  accepted: "#1f6feb", overridden: "#e36209", noAnswer: "#c9d1db", rate: "#13294b",
+  shown: "#13294b", silent: "#9aa7b8", suppressed: "#b08800",
+};
 let lastData = null;
 let servicesFilled = false;
 
@@ -168,6 +171,49 @@ function drawTrendChart(container, weeks) {
 }
 
 // ---------------------------------------------------------------------------------------------
+// Chart 3: alert burden per topic — shown, silent (would have shown), suppressed
+// ---------------------------------------------------------------------------------------------
+
+function drawBurdenChart(container, topics) {
+  const rows = topics.filter((t) => t.served + t.silentWouldHaveShown + t.suppressed > 0);
+  if (!rows.length) return emptyChart(container, "No cards computed in this period.");
+  clear(container);
+  const width = 680;
+  const labelWidth = 230;
+  const barArea = width - labelWidth - 150;
+  const rowHeight = 30;
+  const top = 8;
+  const height = top + rowHeight * rows.length + 24;
+  const { top: maxN, step } = niceScale(Math.max(...rows.map((t) => t.served + t.silentWouldHaveShown + t.suppressed)));
+  const scale = (n) => (n / maxN) * barArea;
+  const chart = svg("svg", {
+    class: "chart", viewBox: `0 0 ${width} ${height}`, role: "img",
+    "aria-label": `Alert burden per topic: ${rows.map((t) => `${t.topic} ${t.served} shown, ${t.silentWouldHaveShown} silent, ${t.suppressed} suppressed`).join("; ")}`,
+  });
+  for (let v = 0; v <= maxN; v += step) {
+    const x = labelWidth + scale(v);
+    chart.append(svg("line", { class: "grid-line", x1: x, x2: x, y1: top, y2: height - 20 }));
+    chart.append(text(x, height - 6, v, { class: "tick", "text-anchor": "middle" }));
+  }
+  rows.forEach((t, i) => {
+    const y = top + i * rowHeight;
+    const row = svg("g", { class: "burden-row", "data-topic": t.topic, "data-service": t.serviceId });
+    row.append(title(`${t.display} (${t.topic}, ${t.serviceId}): ${t.served} shown, ${t.silentWouldHaveShown} silent (would have shown), ${t.suppressed} suppressed`));
+    row.append(text(labelWidth - 10, y + 18, truncate(`${t.display}`, 34), { "text-anchor": "end", "font-size": 12.5 }));
+    let x = labelWidth;
+    for (const [key, value] of [["shown", t.served], ["silent", t.silentWouldHaveShown], ["suppressed", t.suppressed]]) {
+      if (value <= 0) continue;
+      const w = scale(value);
+      row.append(svg("rect", { x, y: y + 5, width: Math.max(w, 1), height: 20, fill: COLORS[key], class: `bar-${key}` }));
+      x += w;
+    }
+    row.append(text(x + 8, y + 19, `${t.served} shown · ${t.silentWouldHaveShown} silent · ${t.suppressed} suppressed`, { class: "tick" }));
+    chart.append(row);
+  });
+  container.append(chart);
+}
+
+// ---------------------------------------------------------------------------------------------
 // KPIs, tables, reasons, comments
 // ---------------------------------------------------------------------------------------------
 
@@ -184,13 +230,14 @@ function drawKpis(totals) {
     kpi("Accepted", totals.accepted, `${formatPercent(totals.acceptanceRate)} of served`, "accepted"),
     kpi("Overridden", totals.overridden, `${formatPercent(totals.overrideRate)} of served`, "overridden"),
     kpi("No answer", totals.noAnswer, "never reported by the EHR"),
+    kpi("Silent", totals.silentWouldHaveShown, "would have shown (silent rollout)", "silent"),
   );
 }
 
 function drawTable(topics, serviceHooks, unknown) {
   const body = $("topic-table").querySelector("tbody");
   clear(body);
-  if (!topics.length) body.append(el("tr", {}, el("td", { colspan: "8", class: "empty", text: "No cards served in this period." })));
+  if (!topics.length) body.append(el("tr", {}, el("td", { colspan: "10", class: "empty", text: "No cards served in this period." })));
   for (const t of topics) {
     const reasons = t.overrideReasons.map((r) => `${r.display || r.code || "(no reason)"} (${r.count})`).join("; ");
     body.append(el("tr", { dataset: { topic: t.topic, service: t.serviceId } },
@@ -201,6 +248,8 @@ function drawTable(topics, serviceHooks, unknown) {
       el("td", { class: "num overridden", text: t.overridden }),
       el("td", { class: "num", text: t.noAnswer }),
       el("td", { class: "num rate", text: formatPercent(t.acceptanceRate) }),
+      el("td", { class: "num silent", text: t.silentWouldHaveShown }),
+      el("td", { class: "num suppressed", text: t.suppressed }),
       el("td", { text: reasons || "—" })));
   }
   const note = $("unknown-note");
@@ -314,6 +363,7 @@ async function load(pushHistory = true) {
   drawKpis(data.totals);
   drawTopicChart($("topic-chart"), data.topics, serviceHooks);
   drawTrend();
+  drawBurdenChart($("burden-chart"), data.topics);
   drawTable(data.topics, serviceHooks, data.totals.unknownCardFeedback);
   drawReasons(data.topics);
   drawComments(data.comments);
