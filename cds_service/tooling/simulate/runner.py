@@ -22,7 +22,7 @@ from datetime import date
 from multiprocessing import get_context
 from typing import Any
 
-from cds_service.clinical.imaging import MODALITIES
+from cds_service.clinical.imaging_orders import classify_order
 from cds_service.protocol import RequestError
 from cds_service.settings import Settings
 from cds_service.tooling.fixtures import draft_orders_bundle, prefetch_for
@@ -62,8 +62,8 @@ def _init_worker(settings: Settings) -> None:
 
 
 def _is_lumbar_imaging(resource: dict[str, Any], knowledge: Any) -> bool:
-    return resource.get("resourceType") == "ServiceRequest" and any(
-        knowledge.match(vs_id, resource.get("code")) for _, vs_id, _ in MODALITIES)
+    # the clinical rules' own recognition (coded CPT/LOINC/SNOMED, or text-only orders: rules rev 2)
+    return resource.get("resourceType") == "ServiceRequest" and classify_order(resource, knowledge) is not None
 
 
 def evaluate_patient(runtime: Any, resources: Sequence[dict[str, Any]], day: date, tally: Tally) -> None:
