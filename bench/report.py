@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.charts import Chart, Series, render
+from bench.report_traffic import traffic_errors, traffic_section, traffic_targets
 
 NOTES = Path(__file__).resolve().parent / "NOTES.md"
 LATENCY_SVG = "benchmarks-latency-vs-size.svg"
@@ -95,6 +96,7 @@ def targets(data: dict[str, Any]) -> list[dict[str, Any]]:
             "ok": ratio <= 1.5,
             "gap": None if ratio <= 1.5 else f"{ratio / 1.5:.2f}x over",
         })
+    out += traffic_targets(data)
     errors, checks = error_count(data)
     out.append({
         "target": "no errors under any workload",
@@ -124,7 +126,8 @@ def error_count(data: dict[str, Any]) -> tuple[int, int]:
         if item:
             errors += item["errors"]
             wrong += 0 if item["topics_ok"] else 1
-    return errors, wrong
+    more_errors, more_wrong = traffic_errors(data)
+    return errors + more_errors, wrong + more_wrong
 
 
 def linearity(data: dict[str, Any]) -> float | None:
@@ -239,6 +242,7 @@ def write_report(data: dict[str, Any], out: Path) -> None:
     lines += ["", "Payloads: " + "; ".join(f"{k}: {p['resources']} resources, {p['bytes']:,} bytes"
                                            for k, p in payloads.items() if not k.startswith("W3")) + "."]
 
+    lines += traffic_section(data)
     lines += ["", "## W3: prefetch size scaling", "",
               "In process: the whole request path through Flask's test client (parse, validation, prefetch, facts, "
               "rules, cards, the served-cards insert) against `orjson.loads` / `json.loads` of the same bytes, "

@@ -49,6 +49,7 @@ LUA = BENCH / "lua" / "post.lua"
 # main before the hook-engine refactor and the second performance round (issues 11 and 16)
 DEFAULT_BASELINE_REF = "dcc100b"
 CONCURRENCY = (1, 8, 32)
+ALL_PARTS = ("throughput", "traffic", "w3", "w4", "profile", "baseline")
 W4_MISSING = ("conditions", "findings", "questionnaireResponses", "medications", "serviceRequests")
 W4_DELAY_MS = 50.0
 PACKAGES = ("flask", "werkzeug", "gunicorn", "orjson", "fhir.resources", "fhir-core", "pydantic", "pydantic-core",
@@ -271,11 +272,12 @@ class Service:
 # ------------------------------------------------------------------------------------------------
 # Load generation
 # ------------------------------------------------------------------------------------------------
-def run_wrk(url: str, body: Path, connections: int, duration: float) -> dict[str, Any]:
-    threads = min(2, connections)
+def run_wrk(url: str, body: Path | None, connections: int, duration: float, *, script: Path = LUA,
+            threads: int | None = None, env_extra: dict[str, str] | None = None) -> dict[str, Any]:
+    threads = threads or min(2, connections)
     cmd = ["wrk", f"-t{threads}", f"-c{connections}", f"-d{max(1, round(duration))}s", "--timeout", "10s",
-           "-s", str(LUA), url]
-    env = {**os.environ, "BENCH_BODY": str(body)}
+           "-s", str(script), url]
+    env = {**os.environ, **({"BENCH_BODY": str(body)} if body else {}), **(env_extra or {})}
     before = loadavg()
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=duration + 60)
     line = next((x for x in done.stdout.splitlines() if x.startswith("BENCH_JSON ")), None)
@@ -553,11 +555,30 @@ def profiles(cases_file: Path, pythonpath: str, label: str) -> str:
     return done.stdout
 
 
+def tail_probe(workdir: Path) -> dict[str, Any] | None:
+    """bench/tail_probe.py on the repeated body: 1 and 4 threads (a worker's app threads) for 6 s each."""
+    from bench.sessions import repeated_body
+
+    body = repeated_body()
+    path = workdir / "tail-probe-body.json"
+    path.write_bytes(body.raw)
+    out: dict[str, Any] = {}
+    for threads in (1, 4):
+        done = subprocess.run([sys.executable, str(BENCH / "tail_probe.py"), str(path), body.service_id,
+                               str(threads), "6"], env={**os.environ, "PYTHONPATH": str(ROOT)},
+                              capture_output=True, text=True, timeout=300)
+        if done.returncode != 0:
+            log(f"tail probe failed: {done.stderr[-800:]}")
+            return None
+        out[f"threads_{threads}"] = json.loads(done.stdout.strip().splitlines()[-1])
+    return out
+
+
 # ------------------------------------------------------------------------------------------------
 # Main
 # ------------------------------------------------------------------------------------------------
 def baseline_tree(workdir: Path, ref: str | None) -> tuple[Path, str]:
-    """The "before" code: `git archive <ref>` of cds_service/ and cards/ in a temporary directory.
+    """The "before" code: `git archive <ref>` of cds_service/, cards/ (and openapi.yaml) in a temporary directory.
 
     A git ref always applies (a patch kept beside the code stops reversing as soon as the code moves
     on); the repository itself is never touched.
@@ -566,7 +587,11 @@ def baseline_tree(workdir: Path, ref: str | None) -> tuple[Path, str]:
     shutil.rmtree(target, ignore_errors=True)
     target.mkdir(parents=True)
     ref = ref or DEFAULT_BASELINE_REF
-    archive = subprocess.run(["git", "-C", str(ROOT), "archive", ref, "cds_service", "cards"], capture_output=True,
+    # what cds_service/ links to outside itself (cds_service/openapi.yaml -> ../openapi.yaml) comes along
+    listed = subprocess.run(["git", "-C", str(ROOT), "ls-tree", "--name-only", ref], capture_output=True, text=True,
+                            timeout=60, check=True).stdout.split()
+    paths = ["cds_service", "cards", *(p for p in ("openapi.yaml",) if p in listed)]
+    archive = subprocess.run(["git", "-C", str(ROOT), "archive", ref, *paths], capture_output=True,
                              timeout=120, check=True)
     subprocess.run(["tar", "-x", "-C", str(target)], input=archive.stdout, check=True, timeout=120)
     return target, f"git {ref} (cds_service/ and cards/)"
@@ -583,9 +608,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--baseline-ref", default=os.environ.get("BENCH_BASELINE_REF") or None,
                         help=f"git ref of the 'before' code (default {DEFAULT_BASELINE_REF})")
     parser.add_argument("--only", default=os.environ.get("BENCH_ONLY", ""),
-                        help="comma list of parts: throughput,w3,w4,profile,baseline (default: all)")
+                        help="comma list of parts: throughput,traffic,w3,w4,profile,baseline (default: all)")
     args = parser.parse_args(argv)
-    parts = set(filter(None, args.only.split(","))) or {"throughput", "w3", "w4", "profile", "baseline"}
+    parts = set(filter(None, args.only.split(","))) or set(ALL_PARTS)
     if args.baseline in ("0", "false", "no"):
         parts.discard("baseline")
     out = Path(args.out)
@@ -621,7 +646,8 @@ def main(argv: list[str] | None = None) -> int:
         "settings": {
             "duration_s": args.duration, "warmup_s": args.warmup, "concurrency": list(CONCURRENCY),
             "sizes": sizes, "w3_budget_s": args.w3_budget, "baseline": None,
-            "server": "cds-service serve: gunicorn gthread, workers = cores, 4 threads, production settings "
+            "server": "cds-service serve as shipped (server.py: gunicorn asyncio worker, the app on a pool of "
+                      "CDS_THREADS=4 threads per worker), workers = cores, production settings "
                       "(CDS_ENV=production) with CDS_AUTH_MODE=off and CDS_BENCH_FLOOR=true",
         },
         "payloads": {p.name: {"resources": p.resources, "bytes": files[p.name].stat().st_size,
@@ -655,6 +681,15 @@ def main(argv: list[str] | None = None) -> int:
                     results["server_before"] = service.ready
                     results["throughput_before"] = throughput_suite(service, files, [w1, w2], (8,), args.duration,
                                                                     args.warmup, with_floor=False)
+        if "traffic" in parts:
+            from bench.traffic import traffic_suite
+
+            with Service("after-traffic", workdir, str(ROOT)) as service:
+                results["traffic"] = traffic_suite(service, workdir, args.duration, args.warmup, run_wrk, log)
+            if baseline_path is not None:
+                with Service("before-traffic", workdir, str(baseline_path)) as service:
+                    results["traffic_before"] = traffic_suite(service, workdir, args.duration, args.warmup,
+                                                              run_wrk, log)
         if "w3" in parts:
             log("W3 in-process (after)")
             results["w3_inprocess"] = inprocess(cases_file, str(ROOT))
@@ -680,6 +715,10 @@ def main(argv: list[str] | None = None) -> int:
             text = profiles(cases_file, str(ROOT), "after")
             if baseline_path is not None:
                 text += "\n\n" + profiles(cases_file, str(baseline_path), "before")
+            probe = tail_probe(workdir)
+            if probe is not None:
+                results["tail_probe"] = probe
+                text += "\n\n##### Repeated-body tail probe (bench/tail_probe.py)\n" + json.dumps(probe, indent=2)
             (out / "benchmarks-profile.txt").write_text(text)
             results["profile_file"] = "benchmarks-profile.txt"
     finally:
@@ -687,7 +726,7 @@ def main(argv: list[str] | None = None) -> int:
         results["elapsed_s"] = round(time.time() - started, 1)
         previous = {}
         json_path = out / "benchmarks.json"
-        if parts != {"throughput", "w3", "w4", "profile", "baseline"} and json_path.exists():
+        if parts != set(ALL_PARTS) and json_path.exists():
             previous = json.loads(json_path.read_text())  # a partial run keeps the other parts' numbers
         merged = {**previous, **results}
         json_path.write_text(json.dumps(merged, indent=2) + "\n")

@@ -13,19 +13,27 @@ maps them to JSON); a 412 for data that cannot be had is an outcome, not an exce
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
+import uuid
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from datetime import UTC, date, datetime
 from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo
 
+import orjson
+
+from .cards import prune
+from .clinical import build_facts
 from .clinical.model import Decision, EvaluationInput, PatientRecord
+from .content_cache import ContentCache, content_key
 from .metrics import CARDS_SERVED, FEEDBACK, PREFETCH_MISSING
 from .prefetch import resolve
 from .protocol import RequestError, validate_feedback, validate_request
 from .registry import ServiceDefinition
+from .served_writer import ServedWriter
 from .store import ServedCard, StoreUnavailable
 from .tables import DISPOSITION_SHOWN
 
@@ -33,6 +41,9 @@ if TYPE_CHECKING:  # the runtime builds the engine: no import at run time
     from .runtime import Runtime
 
 log = logging.getLogger("cds_service.engine")
+
+#: PatientRecord fields the facts never read (the order logic reads them per call): not in the cache key
+_NOT_FACTS = frozenset({"draft_orders", "selections"})
 
 
 @dataclass(frozen=True)
@@ -66,6 +77,16 @@ class HookEngine:
     def __init__(self, runtime: Runtime) -> None:
         self.runtime = runtime
         self.timezone = ZoneInfo(runtime.settings.timezone)
+        #: facts built from identical patient data, shared by the calls of one ordering session (content_cache.py)
+        self.facts_cache = ContentCache()
+        #: rendered cards by Decision (content_cache.py)
+        self.card_cache = ContentCache(max_entries=512)
+        #: served-card rows written by one background thread per process (served_writer.py)
+        self.served_writer = ServedWriter(self._write_served)
+
+    def close(self) -> None:
+        """Write every queued served-card row (also done at interpreter exit)."""
+        self.served_writer.close()
 
     # ---- discovery --------------------------------------------------------------------------
 
@@ -163,11 +184,12 @@ class HookEngine:
             missing=tuple(missing_keys),
             temperatures_complete_since=resolved.temperatures_complete_since,
         )
-        evaluated = tuple(service.evaluate(EvaluationInput(hook=service.hook, record=record_, now=when)))
+        facts = self._facts(record_, when)
+        evaluated = tuple(service.evaluate(EvaluationInput(hook=service.hook, record=record_, now=when, facts=facts)))
         shown, withheld = rt.governance.apply(evaluated, self._suppressed(evaluated, record_.patient_id, when, record))
         decisions = tuple(shown)
-        cards = [rt.catalog.render(decision, record_) for decision in decisions]
-        rendered = [(d, rt.catalog.render(d, record_), disposition) for d, disposition in withheld]
+        cards = [self._render(decision, record_) for decision in decisions]
+        rendered = [(d, self._render(d, record_), disposition) for d, disposition in withheld]
         served = tuple(
             ServedCard(
                 card_uuid=card["uuid"],
@@ -192,6 +214,49 @@ class HookEngine:
             fields.update(withheld=[f"{c.topic}:{c.disposition}" for c in served if c.disposition != DISPOSITION_SHOWN])
         return HookOutcome(service, 200, {"cards": cards}, decisions, served, fields, tuple(withheld))
 
+    def _facts(self, record: PatientRecord, when: datetime) -> Any:
+        """PatientFacts for *record* at *when*, from the per-process cache when the same patient data
+        was evaluated on the same day in the same zone a moment ago (content_cache.py). The key is every
+        record field the facts read -- all of them but the draft orders and selections."""
+        knowledge = self.runtime.knowledge
+        try:
+            key = content_key(
+                {f.name: getattr(record, f.name) for f in fields(record) if f.name not in _NOT_FACTS},
+                when.date().isoformat(), str(when.tzinfo),
+            )
+        except TypeError:  # not exactly serialisable (e.g. nested deeper than orjson writes): uncached
+            return build_facts(record, knowledge, when)
+        return self.facts_cache.get_or_build(key, lambda: build_facts(record, knowledge, when))
+
+    def _render(self, decision: Decision, record: PatientRecord) -> dict[str, Any]:
+        """The card for *decision*, rendered once per identical Decision and missing data (content_cache.py).
+
+        The key leaves out the suggestions' action resources: those carry the evaluation instant
+        (``authoredOn``, an id derived from it) and would make every key unique, and the card template
+        never reads them. A cached card gets this call's actions, copied as ``CardCatalog.render`` copies
+        them, and fresh card and suggestion uuids; tests/core/test_engine_caches.py compares every
+        fixture's cards with an uncached render."""
+        catalog = self.runtime.catalog
+        try:
+            key = content_key(
+                dataclasses.replace(decision, suggestions=tuple(dataclasses.replace(s, actions=())
+                                                                for s in decision.suggestions)),
+                record.missing, getattr(record, "hook", None),
+            )
+        except TypeError:  # a parameter orjson cannot serialise exactly: render uncached
+            return catalog.render(decision, record)
+        card: dict[str, Any] = orjson.loads(
+            self.card_cache.get_or_build(key, lambda: orjson.dumps(catalog.render(decision, record)))
+        )
+        suggestions = card.get("suggestions", [])
+        if len(suggestions) != len(decision.suggestions):  # not the shape this relies on: no shortcut
+            return catalog.render(decision, record)
+        card["uuid"] = str(uuid.uuid4())
+        for suggestion, spec in zip(suggestions, decision.suggestions, strict=True):
+            suggestion["uuid"] = str(uuid.uuid4())
+            suggestion["actions"] = prune([dict(action) for action in spec.actions])
+        return card
+
     def _suppressed(self, decisions: tuple[Decision, ...], patient_id: str, when: datetime, record: bool) -> set[str]:
         """Topics withheld for this patient after a recent override (only where the site configured it)."""
         rt = self.runtime
@@ -205,19 +270,38 @@ class HookEngine:
             return set()
 
     def _record_served(self, served: tuple[ServedCard, ...], patient_id: str, when: datetime, auth: Any) -> None:
-        store = self.runtime.store
-        if store is not None:
-            try:
-                store.record_served(served, patient_id, when.astimezone(UTC),
-                                    issuer=getattr(auth, "issuer", None), tenant=getattr(auth, "tenant", None))
-            except StoreUnavailable:
-                # Cards need no database: the clinician still gets them; only analytics lose this row.
-                log.warning(
-                    "served cards not recorded: database unavailable", extra={"card_ids": [c.card_uuid for c in served]}
-                )
+        if self.runtime.store is not None and served:
+            self.served_writer.submit((served, patient_id, when.astimezone(UTC),
+                                       getattr(auth, "issuer", None), getattr(auth, "tenant", None)))
         for card in served:
             if card.disposition == DISPOSITION_SHOWN:
                 CARDS_SERVED.labels(card.service_id, card.topic).inc()
+
+    def _write_served(self, batch: list[tuple[tuple[ServedCard, ...], str, datetime, str | None, str | None]]) -> None:
+        """On the writer thread (or inline when its queue is full): the rows of many hook calls, one
+        transaction; if that fails, each call's rows on their own, so one bad call loses only its rows."""
+        store = self.runtime.store
+        if store is None:
+            return
+        rows = [store.served_rows(served, patient_id, when, issuer=issuer, tenant=tenant)
+                for served, patient_id, when, issuer, tenant in batch]
+        try:
+            store.insert_served([row for call in rows for row in call])
+            return
+        except StoreUnavailable:
+            if len(batch) == 1:
+                rows_failed = rows
+            else:
+                rows_failed = []
+                for call in rows:
+                    try:
+                        store.insert_served(call)
+                    except StoreUnavailable:
+                        rows_failed.append(call)
+        for call in rows_failed:
+            # Cards need no database: the clinician still got them; only analytics lose these rows.
+            log.warning("served cards not recorded: database unavailable",
+                        extra={"card_ids": [row["card_uuid"] for row in call]})
 
     # ---- feedback ---------------------------------------------------------------------------
 
@@ -229,6 +313,7 @@ class HookEngine:
         try:
             if store is None:
                 raise StoreUnavailable("no feedback store in this process")
+            self.served_writer.flush()  # the cards this feedback answers are in the table first
             stored = store.record_feedback(service.id, body["feedback"], datetime.now(UTC),
                                            issuer=getattr(auth, "issuer", None), tenant=getattr(auth, "tenant", None),
                                            suppression_days=self.runtime.governance.suppression)

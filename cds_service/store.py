@@ -177,8 +177,13 @@ class Store:
     def record_served(self, cards: Iterable[ServedCard], patient_id: str | None, now: datetime, *,
                       issuer: str | None = None, tenant: str | None = None) -> None:
         """Record cards served (or, by disposition, withheld) to the client ``issuer``/``tenant``."""
+        self.insert_served(self.served_rows(cards, patient_id, now, issuer=issuer, tenant=tenant))
+
+    def served_rows(self, cards: Iterable[ServedCard], patient_id: str | None, now: datetime, *,
+                    issuer: str | None = None, tenant: str | None = None) -> list[dict[str, Any]]:
+        """The served_cards rows of one hook call (the patient id is hashed here, never stored)."""
         patient_hash = self.patient_hash(patient_id) if patient_id else None
-        rows = [
+        return [
             {
                 "card_uuid": card.card_uuid,
                 "service_id": card.service_id,
@@ -196,6 +201,9 @@ class Store:
             }
             for card in cards
         ]
+
+    def insert_served(self, rows: list[dict[str, Any]]) -> None:
+        """Insert served_cards rows in one transaction (the served-card writer batches many hook calls)."""
         if not rows:
             return
         self.ensure_schema()

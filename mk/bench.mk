@@ -5,7 +5,8 @@
 #   make bench-quick    the same with short runs, written to $(BENCH_QUICK_OUT) (a smoke test, not for the record)
 #   make bench-report   re-render docs/benchmarks.md and the charts from docs/benchmarks.json
 # Knobs (environment): BENCH_DURATION (s per wrk run, 10), BENCH_WARMUP (2), BENCH_SIZES, BENCH_W3_BUDGET (8),
-# BENCH_BASELINE=0 (skip the "before" tree), BENCH_BASELINE_REF, BENCH_ONLY=throughput,w3,w4,profile,baseline.
+# BENCH_BASELINE=0 (skip the "before" tree), BENCH_BASELINE_REF, BENCH_ONLY=throughput,traffic,w3,w4,profile,baseline
+# (traffic = W5, W6 and the repeated body; `BENCH_ONLY=traffic,profile,baseline make bench` is the issue-16 subset, ~6 min).
 
 BENCH_DEBIAN_PACKAGES ?= wrk
 BENCH_PIP_PACKAGES ?= pyinstrument==5.1.3

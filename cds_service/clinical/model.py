@@ -112,3 +112,6 @@ class EvaluationInput:
     hook: str
     record: PatientRecord
     now: datetime
+    #: PatientFacts already built from this record at this ``now`` (the hook engine's per-process cache
+    #: of identical patient data); None = build them. Facts read neither draft orders nor selections.
+    facts: Any = None

@@ -33,6 +33,7 @@ def serve_card(app, service_id="lbp-imaging-order-select", topic="imaging-not-in
 
 
 def rows(app, table):
+    app.extensions["cds"].engine.served_writer.flush()  # served-card rows are written off the request path
     with app.extensions["cds"].store.engine.connect() as conn:
         return [dict(r._mapping) for r in conn.execute(sa.select(table))]
 
