@@ -39,8 +39,10 @@ def zone_of(now: datetime | date) -> tzinfo | None:
     return now.tzinfo if isinstance(now, datetime) else None
 
 
-def local_day(moment: datetime) -> date:
-    """The calendar day of an instant in the site's zone (naive datetimes: as written)."""
+def local_day(moment: datetime | date) -> date:
+    """The calendar day of an instant in the site's zone (naive datetimes and plain dates: as written)."""
+    if not isinstance(moment, datetime):
+        return moment
     zone = _ZONE.get()
     if zone is not None and moment.tzinfo is not None:
         return moment.astimezone(zone).date()

@@ -94,7 +94,8 @@ def classify_text(text: str, knowledge: Knowledge) -> tuple[str, str | None] | N
     return modality, (_first_class(text, rules.contrast) if modality != "xr" else None)
 
 
-def _classify(order: dict[str, Any], knowledge: Knowledge) -> ImagingOrder | None:
+def classify_order(order: dict[str, Any], knowledge: Knowledge) -> ImagingOrder | None:
+    """The order as lumbar imaging (codes first, then its text), or None when it is not lumbar imaging."""
     concept = order.get("code")
     texts = order_texts(concept)
     display = concept_text(concept) or ""
@@ -129,7 +130,7 @@ def lumbar_imaging_orders(record: PatientRecord, knowledge: Knowledge, hook: str
             continue
         if hook == "order-select" and not _selected(order, record.selections):
             continue
-        imaging = _classify(order, knowledge)
+        imaging = classify_order(order, knowledge)
         if imaging is not None:
             found.append(imaging)
     return found

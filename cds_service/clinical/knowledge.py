@@ -28,11 +28,11 @@ from typing import Any
 import yaml
 
 from cds_service.clinical.codes import PREFIX_SYSTEMS, normalize_code, normalize_system
+from cds_service.clinical.imaging_text import ImagingText, ImagingTextError
 
 DATA_DIR = Path(__file__).resolve().parent.parent / "data"
 VALUESET_DIR = DATA_DIR / "valuesets"
 THRESHOLDS_FILE = DATA_DIR / "thresholds.yaml"
-IMAGING_TEXT_FILE = DATA_DIR / "imaging-order-text.yaml"
 FHIR_DIR = DATA_DIR / "fhir"
 
 CANONICAL_BASE = "http://example.org/fhir/lbp-cds"
@@ -225,48 +225,6 @@ class ValueSet:
         return self.exact.get((sys_n, normalize_code(sys_n, code))) or None
 
 
-@dataclass(frozen=True)
-class ImagingText:
-    """Compiled patterns of data/imaging-order-text.yaml (text-only lumbar imaging orders, rev 2)."""
-
-    lumbar: tuple[re.Pattern[str], ...] = ()
-    modality: tuple[tuple[str, tuple[re.Pattern[str], ...]], ...] = ()
-    contrast: tuple[tuple[str, tuple[re.Pattern[str], ...]], ...] = ()
-    excluded: tuple[re.Pattern[str], ...] = ()
-    sacroiliac: tuple[re.Pattern[str], ...] = ()
-
-    @classmethod
-    def load(cls, path: Path = IMAGING_TEXT_FILE) -> ImagingText:
-        try:
-            raw = yaml.safe_load(path.read_text(encoding="utf-8"))
-        except (OSError, yaml.YAMLError) as exc:
-            raise KnowledgeError(f"{path}: cannot read imaging text patterns: {exc}") from exc
-
-        def compile_all(values: Any, where: str) -> tuple[re.Pattern[str], ...]:
-            if not isinstance(values, list) or not all(isinstance(v, str) for v in values):
-                raise KnowledgeError(f"{path}: {where}: expected a list of regular expressions")
-            try:
-                return tuple(re.compile(v, re.IGNORECASE) for v in values)
-            except re.error as exc:
-                raise KnowledgeError(f"{path}: {where}: invalid regex: {exc}") from exc
-
-        def groups(name: str) -> tuple[tuple[str, tuple[re.Pattern[str], ...]], ...]:
-            value = raw.get(name)
-            if not isinstance(value, dict):
-                raise KnowledgeError(f"{path}: {name}: expected a mapping of class to patterns")
-            return tuple((str(k), compile_all(v, f"{name}.{k}")) for k, v in value.items())
-
-        if not isinstance(raw, dict):
-            raise KnowledgeError(f"{path}: expected a mapping")
-        return cls(
-            compile_all(raw.get("lumbar"), "lumbar"),
-            groups("modality"),
-            groups("contrast"),
-            compile_all(raw.get("not", []), "not"),
-            compile_all(raw.get("sacroiliac", []), "sacroiliac"),
-        )
-
-
 class Knowledge:
     """Value sets + thresholds. Build with :meth:`load`; immutable in use (shared across requests)."""
 
@@ -275,7 +233,7 @@ class Knowledge:
     ) -> None:
         self._valuesets = valuesets
         self.thresholds = thresholds
-        self.imaging_text = imaging_text if imaging_text is not None else ImagingText.load()
+        self.imaging_text = imaging_text if imaging_text is not None else _imaging_text()
         self._any = ValueSet("*", "", "all codes", "")
         for vs in valuesets.values():
             self._any.merge(vs)
@@ -302,7 +260,7 @@ class Knowledge:
         if site_config is not None:
             thresholds = _apply_site_config(Path(site_config), compiled, thresholds)
         _resolve_includes(compiled)
-        return cls(compiled, thresholds, ImagingText.load())
+        return cls(compiled, thresholds, _imaging_text())
 
     # -- queries ---------------------------------------------------------------------------------
     @property
@@ -339,6 +297,13 @@ class Knowledge:
         """'system|code,...' for a FHIR token search (prefix/regex rules cannot be listed: left out)."""
         vs = self.valueset(valueset_id)
         return ",".join(f"{system}|{code}" for system, code in sorted(vs.token_codes))
+
+
+def _imaging_text() -> ImagingText:
+    try:
+        return ImagingText.load()
+    except ImagingTextError as exc:
+        raise KnowledgeError(str(exc)) from exc
 
 
 def _read_valueset_files(directory: Path) -> dict[str, tuple[dict[str, Any], str]]:

@@ -215,3 +215,15 @@ def test_sij_order_with_prior_imaging_falls_through_to_repeat_imaging(run) -> No
     )
     [card] = run("order-sign", rec)
     assert card.topic == "repeat-imaging"
+
+
+def test_invalid_imaging_text_patterns_name_the_file_and_key(tmp_path) -> None:
+    from cds_service.clinical.imaging_text import ImagingText, ImagingTextError
+
+    bad = tmp_path / "imaging-order-text.yaml"
+    bad.write_text("lumbar: ['(unclosed']\nmodality: {mri: ['mri']}\ncontrast: {}\n", encoding="utf-8")
+    with pytest.raises(ImagingTextError, match=r"imaging-order-text.yaml: lumbar: invalid regex"):
+        ImagingText.load(bad)
+    bad.write_text("lumbar: ['lumbar']\nmodality: [mri]\ncontrast: {}\n", encoding="utf-8")
+    with pytest.raises(ImagingTextError, match="modality"):
+        ImagingText.load(bad)

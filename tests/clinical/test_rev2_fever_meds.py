@@ -223,3 +223,10 @@ def test_snomed_temperature_observables(facts_of, code) -> None:
 
     reading = observation(code, SNOMED, effective=days_ago(2), quantity=(38.3, "Cel"))
     assert fever(facts_of(record(lbp(), reading))).met
+
+
+def test_complete_since_as_a_naive_datetime_or_a_date(facts_of) -> None:
+    naive = replace(record(lbp(), temperature(36.9)), temperatures_complete_since=datetime(2025, 6, 12, 8, 0))
+    assert fever(facts_of(naive)).state is State.NOT_DOCUMENTED
+    as_date = replace(record(lbp(), temperature(36.9)), temperatures_complete_since=TODAY - timedelta(days=2))
+    assert fever(facts_of(as_date)).state is State.NOT_DOCUMENTED

@@ -178,3 +178,9 @@ def test_minimum_age_is_configurable(tmp_path) -> None:
     knowledge = Knowledge.load(site)
     assert evaluate(inp("patient-view", _busy_record(age_birth(17))), knowledge) == []
     assert evaluate(inp("patient-view", _busy_record(age_birth(18))), knowledge)
+
+
+def test_birth_date_in_the_future_is_read_as_not_documented(run, facts_of) -> None:
+    facts = facts_of(record(lbp(20), pat=patient("2999-01-01")))
+    assert facts.age_range is None and any("after today" in s for s in facts.skipped)
+    assert "self-management" in topics(run("patient-view", record(lbp(20), pat=patient("2999-01-01"))))

@@ -72,6 +72,9 @@ class Builder:
             self.sorted.skipped.append(f"{reference_of(patient)}: {error}")
             return None
         span = parse_fhir_date(patient.get("birthDate"))
+        if span and span.earliest > self.today:  # impossible data: read as no birth date, and say so
+            self.sorted.skipped.append(f"{reference_of(patient)}: birthDate {span.text} is after today")
+            span = None
         if span:
             self.birth_earliest, self.birth_latest, self.birth_text = span.earliest, span.latest, span.text
         gender = patient.get("gender")
