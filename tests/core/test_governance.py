@@ -38,6 +38,7 @@ def request_body() -> dict:
 
 
 def stored(app) -> list[dict]:
+    app.extensions["cds"].engine.served_writer.flush()  # served-card rows are written off the request path
     with app.extensions["cds"].store.engine.connect() as conn:
         return [dict(r._mapping) for r in conn.execute(sa.select(served_cards))]
 
@@ -68,8 +69,8 @@ def test_off_topic_is_neither_returned_nor_recorded(make_app, tmp_path: Path) ->
     ({"rollout": {"no-such-topic": "silent"}}, "unknown card topic"),
     ({"rollout": {"axspa-referral": "loud"}}, "expected one of active, silent, off"),
     ({"suppression": [{"topic": "axspa-referral", "reason": "not-a-reason", "days": 9}]}, "not an override reason"),
-    ({"suppression": [{"topic": "axspa-referral", "reason": "patient-declines", "days": 0}]}, "days"),
-    ({"suppression": [{"topic": "axspa-referral", "reason": "patient-declines"}]}, "topic, reason, days"),
+    ({"suppression": [{"topic": "axspa-referral", "reason": "patient-declined", "days": 0}]}, "days"),
+    ({"suppression": [{"topic": "axspa-referral", "reason": "patient-declined"}]}, "topic, reason, days"),
 ])
 def test_bad_governance_configuration_fails_at_start_naming_the_entry(make_app, tmp_path, sections, message) -> None:
     with pytest.raises(SettingsError, match=message):
@@ -77,7 +78,7 @@ def test_bad_governance_configuration_fails_at_start_naming_the_entry(make_app, 
 
 
 def test_suppression_needs_the_patient_hash_key(make_app, tmp_path: Path) -> None:
-    config = site_config(tmp_path, suppression=[{"topic": "axspa-referral", "reason": "patient-declines", "days": 9}])
+    config = site_config(tmp_path, suppression=[{"topic": "axspa-referral", "reason": "patient-declined", "days": 9}])
     with pytest.raises(SettingsError, match="CDS_PATIENT_HASH_KEY"):
         make_app(site_config=config)
 
@@ -91,16 +92,17 @@ def _override(client, card: dict, reason: str) -> None:
 
 def test_suppression_after_an_override_expires(make_app, tmp_path: Path) -> None:
     config = site_config(tmp_path, suppression=[
-        {"topic": "axspa-referral", "reason": "already-under-rheumatology", "days": 90}])
+        {"topic": "axspa-referral", "reason": "already-referred", "days": 90}])
     app = make_app(site_config=config, patient_hash_key=HASH_KEY)
     client = app.test_client()
     engine = app.extensions["cds"].engine
     [card] = client.post(f"/cds-services/{PV}", json=request_body()).get_json()["cards"]
-    _override(client, card, "patient-declines")  # a reason without a rule: nothing suppressed
+    _override(client, card, "patient-declined")  # a reason without a rule: nothing suppressed
     assert len(client.post(f"/cds-services/{PV}", json=request_body()).get_json()["cards"]) == 1
     [card] = client.post(f"/cds-services/{PV}", json=request_body()).get_json()["cards"]
-    _override(client, card, "already-under-rheumatology")
+    _override(client, card, "already-referred")
     now = datetime.now(UTC)
+    app.extensions["cds"].engine.served_writer.flush()
     # within 90 days: withheld, and recorded as suppressed
     assert client.post(f"/cds-services/{PV}", json=request_body()).get_json() == {"cards": []}
     inside = engine.invoke(PV, request_body(), now=now + timedelta(days=89))
@@ -110,7 +112,7 @@ def test_suppression_after_an_override_expires(make_app, tmp_path: Path) -> None
     assert [d.topic for d in later.decisions] == ["axspa-referral"]
     with app.extensions["cds"].store.engine.connect() as conn:
         [rule] = conn.execute(sa.select(suppressions)).all()
-    assert rule.reason_code == "already-under-rheumatology" and rule.patient_hash != "p1"
+    assert rule.reason_code == "already-referred" and rule.patient_hash != "p1"
     dispositions = sorted(r["disposition"] for r in stored(app))
     assert dispositions.count("suppressed") == 2 and dispositions.count("shown") == 4
 
@@ -119,7 +121,7 @@ def test_suppression_is_off_by_default(make_app) -> None:
     app = make_app(patient_hash_key=HASH_KEY)
     client = app.test_client()
     [card] = client.post(f"/cds-services/{PV}", json=request_body()).get_json()["cards"]
-    _override(client, card, "already-under-rheumatology")
+    _override(client, card, "already-referred")
     assert len(client.post(f"/cds-services/{PV}", json=request_body()).get_json()["cards"]) == 1
 
 
