@@ -30,7 +30,7 @@ COMMENTS = {
     "red-flag-not-documented": "Night pain and weight loss reported today; documenting now.",
     "surgical-planning": "Spine surgeon requested pre-operative MRI.",
     "patient-specific": "Patient travelling abroad next month; imaging now agreed with her.",
-    "already-under-rheumatology": "Seen by rheumatology at the university hospital in March.",
+    "already-referred": "Seen by rheumatology at the university hospital in March.",
     "alternative-diagnosis": "Symptoms explained by hip osteoarthritis.",
 }
 
