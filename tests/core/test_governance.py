@@ -38,7 +38,7 @@ def request_body() -> dict:
 
 
 def stored(app) -> list[dict]:
-    app.extensions["cds"].engine.served_writer.flush()  # rows are written off the request path
+    app.extensions["cds"].engine.served_writer.flush()  # served-card rows are written off the request path
     with app.extensions["cds"].store.engine.connect() as conn:
         return [dict(r._mapping) for r in conn.execute(sa.select(served_cards))]
 
@@ -102,6 +102,7 @@ def test_suppression_after_an_override_expires(make_app, tmp_path: Path) -> None
     [card] = client.post(f"/cds-services/{PV}", json=request_body()).get_json()["cards"]
     _override(client, card, "already-referred")
     now = datetime.now(UTC)
+    app.extensions["cds"].engine.served_writer.flush()
     # within 90 days: withheld, and recorded as suppressed
     assert client.post(f"/cds-services/{PV}", json=request_body()).get_json() == {"cards": []}
     inside = engine.invoke(PV, request_body(), now=now + timedelta(days=89))

@@ -22,6 +22,7 @@ OS_FEEDBACK = f"{OS_PATH}/feedback"
 
 
 def _rows(app, table):
+    app.extensions["cds"].engine.served_writer.flush()  # served-card rows are written off the request path
     with app.extensions["cds"].store.engine.connect() as conn:
         return [dict(r._mapping) for r in conn.execute(sa.select(table))]
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 import os
 import resource
 import sys
+import time
 from collections import Counter
 from collections.abc import Sequence
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
@@ -32,6 +33,9 @@ from cds_service.tooling.fixture_fhir import FIXTURE_FHIR_BASE, serving
 from cds_service.tooling.fixtures import PLACEHOLDER_TOKEN, draft_orders_bundle, prefetch_for
 
 SIMULATION_USER = "Practitioner/population-simulation"
+#: The FHIR deadline of one simulated call. The FHIR server is in process (no network to wait for), so
+#: only a machine loaded by other work could reach it; a generous bound keeps such runs exact.
+SIMULATION_DEADLINE_SECONDS = 120.0
 CHUNK = 25  # patients per task: small enough for a smooth progress bar, large enough to amortise pickling
 
 
@@ -99,7 +103,8 @@ def evaluate_patient(runtime: Any, resources: Sequence[dict[str, Any]], day: dat
                     "prefetch": prefetch_for(history, service.prefetch, context),
                     "fhirServer": FIXTURE_FHIR_BASE, "fhirAuthorization": authorization}
             try:
-                outcome = engine.invoke(service.id, body, now=day, record=False)
+                outcome = engine.invoke(service.id, body, now=day, record=False,
+                                        deadline=time.monotonic() + SIMULATION_DEADLINE_SECONDS)
             except RequestError as exc:
                 tally.errors[exc.error] += 1
                 continue
