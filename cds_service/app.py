@@ -68,6 +68,9 @@ def create_app(settings: Settings | None = None) -> Flask:
         from .tooling.console import bp as console_bp
 
         app.register_blueprint(console_bp)
+    from .smart.blueprint import init_app as init_smart_app  # the assessment app under /smart/ (issue 14)
+
+    init_smart_app(app, settings)
 
     @app.before_request
     def start_request() -> Response | None:

@@ -16,6 +16,7 @@ only loads, validates and renders them. Why it is built this way:
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 import uuid
@@ -37,26 +38,32 @@ from jinja2 import (
 )
 from jinja2.sandbox import SandboxedEnvironment
 
+from cds_service.clinical.knowledge import CARD_TOPIC_SYSTEM, FHIR_DIR, OVERRIDE_REASON_SYSTEM
 from cds_service.clinical.model import Criterion, Decision, State, SuggestionSpec
+from cds_service.smart.links import smart_link
 
 log = logging.getLogger(__name__)
 
-TOPIC_SYSTEM = "http://example.org/fhir/lbp-cds/CodeSystem/card-topic"
-OVERRIDE_REASON_SYSTEM = "http://example.org/fhir/lbp-cds/CodeSystem/override-reason"
+TOPIC_SYSTEM = CARD_TOPIC_SYSTEM
+TOPIC_CODESYSTEM_FILE = FHIR_DIR / "CodeSystem-card-topic.json"
+OVERRIDE_REASON_FILE = FHIR_DIR / "CodeSystem-override-reason.json"
 
-#: Every card topic of the clinical specification (section 6). The catalog refuses to start
-#: without all of them.
-TOPICS: tuple[str, ...] = (
-    "cauda-equina",
-    "red-flag",
-    "imaging-appropriate",
-    "imaging-not-indicated",
-    "repeat-imaging",
-    "axspa-sij-imaging",
-    "axspa-referral",
-    "axspa-hla-b27",
-    "self-management",
-)
+
+def _codesystem_concepts(path: Path) -> dict[str, str]:
+    """code -> display of a shipped FHIR CodeSystem (the one owner of that vocabulary)."""
+    raw = json.loads(path.read_text(encoding="utf-8"))
+    return {c["code"]: c["display"] for c in raw["concept"]}
+
+
+#: Every card topic of the clinical specification (section 6), read from the shipped card-topic
+#: CodeSystem. The catalog refuses to start without a card file for each of them.
+TOPICS: tuple[str, ...] = tuple(_codesystem_concepts(TOPIC_CODESYSTEM_FILE))
+#: The shipped override reasons (code -> display): every card's overrideReasons come from here.
+OVERRIDE_REASONS: Mapping[str, str] = _codesystem_concepts(OVERRIDE_REASON_FILE)
+
+#: Site setting `card_detail` (spec section 8): compact detail by default, the full criteria tables
+#: only when the site configuration says `card_detail: full`.
+CARD_DETAIL_MODES = ("compact", "full")
 INDICATORS = ("info", "warning", "critical")
 SELECTION_BEHAVIORS = ("at-most-one", "any")
 LINK_TYPES = ("absolute", "smart")
@@ -69,6 +76,8 @@ STATE_LABELS = {
     State.NOT_MET: "Not met",
     State.NOT_DOCUMENTED: "Not documented",
 }
+# Identifiers of coding systems as written in evidence text ("Psoriasis (SNOMED 9014002)").
+_CODE_SUFFIX = re.compile(r"\s*\((?:SNOMED|ICD-10-CM|ICD-10|LOINC|CPT|RxNorm|ATC|code|http\S*)\s[^()]*\)")
 
 
 class CardFileError(ValueError):
@@ -195,6 +204,59 @@ def _prefixed(items: Any, prefix: str) -> list[Any]:
     return [item for item in (items or []) if str(item.get("id", "")).startswith(prefix)]
 
 
+def _without_code(value: Any) -> str:
+    """'Psoriatic arthritis (SNOMED 33339001)' -> 'Psoriatic arthritis' (compact detail shows words)."""
+    return _CODE_SUFFIX.sub("", plain_text(value)).strip()
+
+
+_RELATIONSHIP_VALUE = re.compile(r"^relationship (\S+)$")
+
+
+def _evidence_brief(evidence: Any, relatives: Mapping[str, str] | None = None, limit: int = 2) -> SafeMarkdown:
+    """A criterion's data in a few words for the compact detail, escaped for Markdown.
+
+    'Psoriatic arthritis (SNOMED 33339001)' + value 'relationship MTH' -> 'mother: psoriatic arthritis'
+    (*relatives*: the card file's words for HL7 v3 RoleCode family members); otherwise 'what: value, date'
+    without code-system suffixes. At most *limit* items, then '+N more'.
+    """
+    items = [e for e in (evidence or []) if isinstance(e, Mapping)]
+    parts: list[str] = []
+    for e in items[:limit]:
+        text = _without_code(e.get("text"))
+        value = plain_text(e.get("value"))
+        relation = _RELATIONSHIP_VALUE.match(value)
+        if relation and relatives is not None:
+            who = relatives.get(relation.group(1).upper()) or relatives.get("*") or relation.group(1)
+            part = f"{who}: {_lower_first(text)}"
+        else:
+            part = f"{text}: {value}" if value else text
+        if e.get("date"):
+            part += f", {_day(e.get('date'))}"
+        parts.append(part)
+    if len(items) > limit:
+        parts.append(f"+{len(items) - limit} more")
+    return SafeMarkdown("; ".join(escape_markdown(p) for p in parts if p))
+
+
+def card_detail_setting(site_config: Path | str | None) -> str:
+    """The site's `card_detail` (compact | full) from its site configuration YAML; compact without one.
+
+    The same file also holds the site's value sets and thresholds (read by clinical.knowledge); only
+    this key is read here. A wrong value stops the start-up, like any other invalid site setting.
+    """
+    if site_config is None:
+        return "compact"
+    path = Path(site_config)
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError) as exc:
+        raise CardFileError(path, "card_detail", f"cannot read the site configuration: {exc}") from exc
+    value = data.get("card_detail", "compact") if isinstance(data, dict) else "compact"
+    if value not in CARD_DETAIL_MODES:
+        raise CardFileError(path, "card_detail", f"must be one of {CARD_DETAIL_MODES}, got {value!r}")
+    return str(value)
+
+
 def _make_env(markdown: bool, undefined: type[Undefined], partials: Mapping[str, str]) -> SandboxedEnvironment:
     env = SandboxedEnvironment(
         autoescape=False,
@@ -212,6 +274,8 @@ def _make_env(markdown: bool, undefined: type[Undefined], partials: Mapping[str,
     env.filters["human_list"] = _human_list
     env.filters["lower_first"] = _lower_first
     env.filters["prefixed"] = _prefixed
+    env.filters["without_code"] = _without_code
+    env.filters["brief"] = _evidence_brief
     return env
 
 
@@ -285,22 +349,38 @@ def _read_yaml(path: Path) -> dict[str, Any]:
 
 
 def _parse_override_reasons(raw: Any, path: Path) -> tuple[dict[str, str], ...]:
+    """Codes of the shipped override-reason CodeSystem (display taken from it, never restated).
+
+    A site may add its own reason as ``{system, code, display}`` with a system other than the
+    shipped one; a shipped code the CodeSystem lacks is an error, so analytics can group by code.
+    """
     if raw is None:
         return ()
     if not isinstance(raw, list) or not raw:
         raise CardFileError(path, "overrideReasons", "must be a non-empty list (or be left out)")
     reasons: list[dict[str, str]] = []
-    seen: set[str] = set()
+    seen: set[tuple[str, str]] = set()
     for i, item in enumerate(raw):
-        where = f"overrideReasons[{i}]."
+        where = f"overrideReasons[{i}]"
+        if isinstance(item, str):
+            item = {"code": item}
         if not isinstance(item, dict):
-            raise CardFileError(path, f"overrideReasons[{i}]", "must be a mapping with code and display")
-        code = _require(item, "code", path, str, where)
-        if code in seen:
-            raise CardFileError(path, f"{where}code", f"duplicate code {code!r}")
-        seen.add(code)
-        system = _optional(item, "system", path, str, where) or OVERRIDE_REASON_SYSTEM
-        reasons.append({"system": system, "code": code, "display": _require(item, "display", path, str, where)})
+            raise CardFileError(path, where, "must be a code of the override-reason CodeSystem")
+        code = _require(item, "code", path, str, f"{where}.")
+        system = _optional(item, "system", path, str, f"{where}.") or OVERRIDE_REASON_SYSTEM
+        if system == OVERRIDE_REASON_SYSTEM:
+            if code not in OVERRIDE_REASONS:
+                problem = f"code {code!r} is not in the override-reason CodeSystem ({OVERRIDE_REASON_FILE.name})"
+                raise CardFileError(path, where, problem)
+            if item.get("display") is not None:
+                raise CardFileError(path, f"{where}.display", "comes from the CodeSystem; give only the code")
+            display = OVERRIDE_REASONS[code]
+        else:
+            display = _require(item, "display", path, str, f"{where}.")
+        if (system, code) in seen:
+            raise CardFileError(path, f"{where}.code", f"duplicate code {code!r}")
+        seen.add((system, code))
+        reasons.append({"system": system, "code": code, "display": display})
     return tuple(reasons)
 
 
@@ -494,13 +574,19 @@ class CardCatalog:
     cards_dir: Path
     cards: Mapping[str, CardTemplate]
     strict: bool = False
+    detail: str = "compact"  # site setting card_detail: compact | full (spec section 8)
     labels: Labels = field(default_factory=Labels)
 
     # ---- loading --------------------------------------------------------------------------
 
     @classmethod
-    def load(cls, cards_dir: Path | str, *, strict: bool = False) -> CardCatalog:
+    def load(
+        cls, cards_dir: Path | str, *, strict: bool = False, detail: str | None = None, site_config: Path | None = None
+    ) -> CardCatalog:
         """Load and validate every ``<topic>.yaml`` under *cards_dir*.
+
+        *detail* (``compact`` | ``full``) chooses how much the card detail shows; when not given it
+        is the site configuration's ``card_detail`` (compact without one).
 
         ``strict=True`` makes an undefined template variable an error (tests use it to prove the
         templates and the clinical Decision.params agree); production renders an undefined
@@ -533,13 +619,18 @@ class CardCatalog:
         missing = [t for t in TOPICS if t not in cards]
         if missing:
             raise CardFileError(cards_dir, "(topics)", f"no card file for topic(s): {', '.join(missing)}")
-        catalog = cls(cards_dir=cards_dir, cards=cards, strict=strict, labels=labels)
+        if detail is None:
+            detail = card_detail_setting(site_config)
+        if detail not in CARD_DETAIL_MODES:
+            raise CardFileError(cards_dir, "card_detail", f"must be one of {CARD_DETAIL_MODES}, got {detail!r}")
+        catalog = cls(cards_dir=cards_dir, cards=cards, strict=strict, detail=detail, labels=labels)
         catalog._smoke_test()
         return catalog
 
     def _smoke_test(self) -> None:
-        """Render each card once with its sampleParams so include/filter errors surface at start-up."""
-        for card in self.cards.values():
+        """Render each card once with its sampleParams (in both detail modes) so include/filter errors
+        surface at start-up."""
+        for card, detail in ((c, d) for c in self.cards.values() for d in CARD_DETAIL_MODES):
             decision = Decision(
                 topic=card.topic,
                 rule="catalog.smoke-test",
@@ -548,13 +639,13 @@ class CardCatalog:
                 params=dict(card.sample_params),
             )
             try:
-                self._render_text(card, decision, None)
+                self._render_text(card, decision, None, detail)
             except Exception as exc:  # noqa: BLE001 - re-raised with the file name
                 raise CardFileError(card.path, "summary/detail", f"does not render with sampleParams: {exc}") from exc
 
     # ---- rendering ------------------------------------------------------------------------
 
-    def _variables(self, card: CardTemplate, decision: Decision, context: Any) -> dict[str, Any]:
+    def _variables(self, card: CardTemplate, decision: Decision, context: Any, detail: str) -> dict[str, Any]:
         criteria = [_criterion_vars(c, self.labels) for c in decision.criteria]
         missing = _context_missing(context) or [str(m) for m in decision.params.get("missing", ()) or ()]
         variables: dict[str, Any] = dict(decision.params)
@@ -576,12 +667,16 @@ class CardCatalog:
                 "missing": missing,
                 "data_incomplete": bool(missing) or bool(decision.params.get("partial")),
                 "hook": _context_value(context, "hook"),
+                "card_detail": detail,
+                "full_detail": detail == "full",
             }
         )
         return variables
 
-    def _render_text(self, card: CardTemplate, decision: Decision, context: Any) -> tuple[str, str]:
-        variables = self._variables(card, decision, context)
+    def _render_text(
+        self, card: CardTemplate, decision: Decision, context: Any, detail: str | None = None
+    ) -> tuple[str, str]:
+        variables = self._variables(card, decision, context, detail or self.detail)
         summary = plain_text(card.summary.render(variables))
         if len(summary) > SUMMARY_MAX:
             log.warning("card %s: summary is %d characters; truncated", card.topic, len(summary))
@@ -589,16 +684,19 @@ class CardCatalog:
         detail = _tidy_markdown(card.detail.render(variables))
         return summary, detail
 
-    def render(self, decision: Decision, context: Any = None) -> dict[str, Any]:
+    def render(self, decision: Decision, context: Any = None, *, detail: str | None = None) -> dict[str, Any]:
         """Turn one Decision into a CDS Hooks 2.0 card.
 
         *context* is the hook context (a mapping) or the PatientRecord; it supplies ``missing``
         (data the service could not obtain → the "data incomplete" notice) and ``hook``.
+        *detail* overrides the catalog's detail mode (``compact`` | ``full``) for this card.
         """
         card = self.cards.get(decision.topic)
         if card is None:
             raise CardRenderError(f"no card file for topic {decision.topic!r}")
-        summary, detail = self._render_text(card, decision, context)
+        if detail is not None and detail not in CARD_DETAIL_MODES:
+            raise CardRenderError(f"detail must be one of {CARD_DETAIL_MODES}, got {detail!r}")
+        summary, detail = self._render_text(card, decision, context, detail)
         suggestions = self._suggestions(card, decision.suggestions)
         result: dict[str, Any] = {
             "uuid": str(uuid.uuid4()),
@@ -616,6 +714,8 @@ class CardCatalog:
             "overrideReasons": [dict(r) for r in card.override_reasons],
             "links": [dict(link) for link in card.links],
         }
+        if (smart := smart_link(decision)) is not None:  # the assessment app asks what is not documented
+            result["links"] = [*result["links"], smart]
         return prune(result)
 
     def _suggestions(self, card: CardTemplate, specs: Sequence[SuggestionSpec]) -> list[dict[str, Any]]:

@@ -56,7 +56,7 @@ class Runtime:
                 store.require_migrated()  # refuse to start on a schema `cds-service migrate` has not brought up
             store.create_schema()  # jwt_replay is part of the schema (cds_service.tables)
             authenticator = Authenticator(settings, replay_cache)
-        catalog = CardCatalog.load(settings.cards_dir)
+        catalog = CardCatalog.load(settings.cards_dir, site_config=settings.site_config)
         reasons = {topic: [r["code"] for r in card.override_reasons] for topic, card in catalog.cards.items()}
         governance = load_governance(settings.site_config, reasons, patient_hash_key=settings.patient_hash_key)
         return cls(

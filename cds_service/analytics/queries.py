@@ -105,13 +105,13 @@ def build_report(
             .select_from(joined)
             .group_by(pres.c.service_id, pres.c.topic, pres.c.disposition)
         ).all()
+        # grouped by code (system + code): an EHR echoing another display must not split a reason (issue 13)
         reason_rows = conn.execute(
             select(pres.c.service_id, pres.c.topic, latest.c.override_system, latest.c.override_code,
-                   latest.c.override_display, func.count().label("n"))
+                   func.max(latest.c.override_display).label("override_display"), func.count().label("n"))
             .select_from(joined)
             .where(and_(shown, latest.c.outcome == "overridden"))
-            .group_by(pres.c.service_id, pres.c.topic, latest.c.override_system, latest.c.override_code,
-                      latest.c.override_display)
+            .group_by(pres.c.service_id, pres.c.topic, latest.c.override_system, latest.c.override_code)
         ).all()
         comment_rows = conn.execute(
             select(pres.c.service_id, pres.c.topic, latest.c.override_code, latest.c.override_display,
@@ -160,14 +160,18 @@ def build_report(
         for bucket in (totals[index], by_topic[row.topic][index]):
             _count(bucket, row.disposition, row.presentations, 0, row.accepted, row.overridden)
 
-    reasons: dict[tuple[str, str], dict[tuple, int]] = defaultdict(lambda: defaultdict(int))
+    # one count per reason code (system + code), whatever display the EHR echoed (issue 13)
+    reasons: dict[tuple[str, str], dict[tuple, tuple[str | None, int]]] = defaultdict(dict)
     for row in [*reason_rows, *kept_reasons]:
-        key = (row.override_code, row.override_display, row.override_system)
-        reasons[(row.service_id, row.topic)][key] += int(row.n)
+        key = (row.override_code, row.override_system)
+        display, n = reasons[(row.service_id, row.topic)].get(key, (None, 0))
+        reasons[(row.service_id, row.topic)][key] = (display or row.override_display, n + int(row.n))
     for key, counts in reasons.items():
         stats = stats_for(*key)
-        stats.reasons = sorted((ReasonCount(code, display, system, n) for (code, display, system), n in counts.items()),
-                               key=lambda r: (-r.count, r.display or r.code or ""))
+        stats.reasons = sorted(
+            (ReasonCount(code, display, system, n) for (code, system), (display, n) in counts.items()),
+            key=lambda r: (-r.count, r.display or r.code or ""),
+        )
 
     ordered = sorted(topics.values(), key=lambda t: (-t.served, -t.silent, t.service_id, t.topic))
     comments = [
@@ -203,11 +207,11 @@ def _aggregates(conn, period: Period, service_id: str | None):
     kept_reasons = conn.execute(
         select(analytics_reasons_daily.c.service_id, analytics_reasons_daily.c.topic,
                analytics_reasons_daily.c.override_system, analytics_reasons_daily.c.override_code,
-               analytics_reasons_daily.c.override_display, func.sum(analytics_reasons_daily.c.count).label("n"))
+               func.max(analytics_reasons_daily.c.override_display).label("override_display"),
+               func.sum(analytics_reasons_daily.c.count).label("n"))
         .where(and_(*reason_where))
         .group_by(analytics_reasons_daily.c.service_id, analytics_reasons_daily.c.topic,
-                  analytics_reasons_daily.c.override_system, analytics_reasons_daily.c.override_code,
-                  analytics_reasons_daily.c.override_display)
+                  analytics_reasons_daily.c.override_system, analytics_reasons_daily.c.override_code)
     ).all()
     return kept, kept_reasons
 

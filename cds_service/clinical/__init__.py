@@ -7,6 +7,7 @@ This logic supports clinical judgement and never replaces it.
 from __future__ import annotations
 
 from cds_service.clinical.axspa import evaluate_axspa
+from cds_service.clinical.chronic_management import evaluate_chronic_management
 from cds_service.clinical.dates import site_zone, zone_of
 from cds_service.clinical.facts import PatientFacts, build_facts
 from cds_service.clinical.imaging import ORDER_HOOKS, evaluate_imaging
@@ -20,7 +21,8 @@ PATIENT_VIEW = "patient-view"
 
 
 def evaluate(inp: EvaluationInput, knowledge: Knowledge) -> list[Decision]:
-    """Decisions for one hook call: patient-view -> red-flag/cauda-equina, axSpA, self-management;
+    """Decisions for one hook call: patient-view -> red-flag/cauda-equina, axSpA, self-management,
+    chronic-management;
     order-select/order-sign -> one imaging decision per lumbar imaging order; other hooks -> none.
 
     Offset dateTimes are read in the zone of ``inp.now`` (the site zone). Patients under
@@ -42,6 +44,7 @@ def _evaluate(inp: EvaluationInput, knowledge: Knowledge) -> list[Decision]:
         axspa = evaluate_axspa(facts, knowledge, ctx)
         decisions += axspa
         decisions += evaluate_self_management(facts, knowledge, axspa_card_shown=bool(axspa))
+        decisions += evaluate_chronic_management(facts, inp.record, knowledge, ctx, axspa_card_shown=bool(axspa))
         return decisions
     return evaluate_imaging(facts, inp.record, knowledge, inp.hook, ctx)
 

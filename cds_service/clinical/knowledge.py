@@ -74,6 +74,8 @@ class Thresholds:
     axspa_early_onset_age_years: int
     self_management_max_weeks: int
     minimum_age_years: int
+    chronic_management_min_age_years: int
+    exercise_programme_lookback_months: int
 
     @classmethod
     def from_mapping(cls, data: Mapping[str, Any], source: str) -> Thresholds:
@@ -418,11 +420,12 @@ def _apply_site_config(path: Path, valuesets: dict[str, ValueSet], thresholds: T
         return thresholds
     if not isinstance(config, dict):
         raise KnowledgeError(f"{source}: expected a mapping with 'valuesets' and/or 'thresholds'")
-    # rollout and suppression are go-live governance, read by cds_service.rollout (not clinical knowledge)
-    unknown = sorted(set(config) - {"valuesets", "thresholds", "rollout", "suppression"})
+    # rollout and suppression are go-live governance, read by cds_service.rollout; card_detail (compact | full)
+    # is a presentation setting read by cds_service/cards.py: neither is clinical knowledge
+    unknown = sorted(set(config) - {"valuesets", "thresholds", "rollout", "suppression", "card_detail"})
     if unknown:
         raise KnowledgeError(f"{source}: unknown top-level key(s) {unknown}; allowed: valuesets, thresholds, "
-                             "rollout, suppression")
+                             "rollout, suppression, card_detail")
     sets = config.get("valuesets") or {}
     if not isinstance(sets, dict):
         raise KnowledgeError(f"{source}: valuesets: expected a mapping of value set id to a list of codes")

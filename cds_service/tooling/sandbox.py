@@ -38,6 +38,7 @@ from typing import IO, Any
 import requests
 
 from ..settings import PROJECT_ROOT, Settings
+from . import ehr_launch
 
 SERVERS = ("sekmet", "medplum")
 DEFAULT_PORTS = {"sekmet": 8090, "medplum": 8091}
@@ -589,6 +590,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for /metadata (default 60)")
     parser.add_argument("--install-only", action="store_true", help="install what is missing and exit")
     parser.add_argument("--verbose", action="store_true", help="server logs every request (see the log file)")
+    ehr_launch.add_arguments(parser)  # the EHR launch layer in front of the server (SMART apps)
 
 
 def command(args: argparse.Namespace) -> int:
@@ -637,6 +639,7 @@ def _serve(args: argparse.Namespace) -> int:
         raise KeyboardInterrupt
 
     previous = signal.signal(signal.SIGTERM, on_sigterm)
+    ehr = None
     try:
         print(f"sandbox: starting {args.server} on {server.base_url} ...", file=sys.stderr, flush=True)
         server.start()
@@ -647,6 +650,7 @@ def _serve(args: argparse.Namespace) -> int:
         )
         if files:
             server.load(files, shift_to=shift_to)
+        ehr = ehr_launch.start_for(server, args, sys.stderr)
         print(server.base_url, flush=True)
         print(
             f"sandbox: bearer token {server.token!r}; try: curl -H 'Authorization: Bearer {server.token}' "
@@ -665,8 +669,8 @@ def _serve(args: argparse.Namespace) -> int:
         print("\nsandbox: stopping ...", file=sys.stderr, flush=True)
         return 0
     finally:
+        if ehr is not None:
+            ehr.stop()
         server.stop()
         signal.signal(signal.SIGTERM, previous)
         print("sandbox: stopped", file=sys.stderr, flush=True)
-
-

@@ -174,8 +174,9 @@ def _call(
     try:
         outcome = engine.invoke(service["id"], request, now=day, record=False)
     except RequestError as exc:
-        return CallResult(fixture.spec.slug, hook, scope, sorted(expected), [], exc.status,
-                          [f"{exc.error}: {exc.message}"])
+        return CallResult(
+            fixture.spec.slug, hook, scope, sorted(expected), [], exc.status, [f"{exc.error}: {exc.message}"]
+        )
     problems: list[str] = []
     if outcome.status == 200:
         problems = response_errors(outcome.body)
@@ -226,9 +227,7 @@ def _run_hooks(
     return results
 
 
-def run(
-    fixtures_dir: Path | str, engine: HookEngine, day: date | None = None, only: Sequence[str] = ()
-) -> Report:
+def run(fixtures_dir: Path | str, engine: HookEngine, day: date | None = None, only: Sequence[str] = ()) -> Report:
     """Run the fixtures of *fixtures_dir* (all, or the slugs in *only*) through the engine.
 
     *day* is the evaluation day in the site's time zone (default: today there); the fixtures are
@@ -262,8 +261,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--markdown", type=Path, help="also write the report as Markdown to this file")
     parser.add_argument("--only", action="append", default=[], help="run only these fixture slugs")
-    parser.add_argument("--on", type=date.fromisoformat, metavar="YYYY-MM-DD",
-                        help="evaluation day (default: today in CDS_TIMEZONE)")
+    parser.add_argument(
+        "--on", type=date.fromisoformat, metavar="YYYY-MM-DD", help="evaluation day (default: today in CDS_TIMEZONE)"
+    )
 
 
 def command(args: argparse.Namespace) -> int:

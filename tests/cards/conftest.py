@@ -89,6 +89,7 @@ SUGGESTIONS: dict[str, tuple[SuggestionSpec, ...]] = {
         ),
     ),
     "axspa-hla-b27": (SuggestionSpec("order-hla-b27", (ACTION_CREATE,), True),),
+    "chronic-management": (SuggestionSpec("refer-physiotherapy", (ACTION_CREATE,), False),),
 }
 
 

@@ -104,5 +104,5 @@ def test_card_detail_escapes_every_data_value(catalog: CardCatalog) -> None:
 
 
 def test_citation_titles_are_escaped_but_links_work(catalog: CardCatalog) -> None:
-    html = rendered_html(catalog.render(decision(catalog, "axspa-hla-b27"))["detail"])
+    html = rendered_html(catalog.render(decision(catalog, "axspa-hla-b27"), detail="full")["detail"])
     assert '<a href="https://www.nice.org.uk/guidance/ng65">NICE NG65' in html

@@ -84,17 +84,18 @@ def test_every_topic_renders_a_valid_card(catalog: CardCatalog, topic: str) -> N
         "imaging-appropriate": "info",
         "axspa-hla-b27": "info",
         "self-management": "info",
+        "chronic-management": "info",
     }.get(topic, "warning")
 
 
 def test_card_shows_criteria_checklist_with_states_data_and_citations(catalog: CardCatalog) -> None:
-    card = catalog.render(decision(catalog, "self-management"))
+    card = catalog.render(decision(catalog, "self-management"), detail="full")
     detail = card["detail"]
     assert (
-        "✅ **Met** | Back pain began before age 35 | Low back pain (SNOMED 279039007): age at onset 29 (2024-03-01)"
+        "| **Met** | Back pain began before age 35 | Low back pain (SNOMED 279039007): age at onset 29 (2024-03-01)"
     ) in detail
-    assert "❔ **Not documented** | Buttock pain | nothing recorded" in detail
-    assert "❌ Not met | Current or past psoriasis | _no psoriasis on record_" in detail
+    assert "| **Not documented** | Buttock pain | nothing recorded" in detail
+    assert "| Not met | Current or past psoriasis | _no psoriasis on record_" in detail
     assert "C-reactive protein: 14 mg/L (2026-05-01)" in detail
     assert (
         "[NICE NG65 Spondyloarthritis in over 16s: recognition and referral]"
@@ -103,8 +104,22 @@ def test_card_shows_criteria_checklist_with_states_data_and_citations(catalog: C
     assert "ASAS classification criteria for axial spondyloarthritis, 2009" in detail
 
 
+def test_compact_detail_shows_one_line_per_state_with_data(catalog: CardCatalog) -> None:
+    detail = catalog.render(decision(catalog, "self-management"))["detail"]
+    assert "| Status |" not in detail and "**Guidance:**" not in detail
+    lines = detail.splitlines()
+    met = [line for line in lines if line.startswith("- **Met:**")]
+    not_met = [line for line in lines if line.startswith("- **Not met:**")]
+    ask = [line for line in lines if line.startswith("- **Not documented — ask:**")]
+    assert len(met) == len(not_met) == len(ask) == 1
+    assert "back pain began before age 35 (Low back pain: age at onset 29, 2024-03-01)" in met[0]
+    assert "elevated CRP (C-reactive protein: 14 mg/L, 2026-05-01)" in met[0]
+    assert "current or past psoriasis" in not_met[0]
+    assert "buttock pain" in ask[0]
+
+
 def test_axspa_card_splits_entry_nice_and_supporting_criteria(catalog: CardCatalog) -> None:
-    detail = catalog.render(decision(catalog, "axspa-referral"))["detail"]
+    detail = catalog.render(decision(catalog, "axspa-referral"), detail="full")["detail"]
     entry, rest = detail.split("**NICE NG65 criteria", 1)
     nice, supporting = rest.split("**Supporting features", 1)
     assert "Back pain began before age 45" in entry
@@ -197,7 +212,11 @@ LONGEST: dict[str, list[dict[str, Any]]] = {
     "axspa-sij-imaging": [{}],
     "axspa-referral": [{"nice_met_count": 9, "hla_b27_state": "positive"}],
     "axspa-hla-b27": [{"nice_met_count": 3}],
-    "self-management": [{"duration_weeks": 11}, {"duration_weeks": None}],
+    "self-management": [{"duration_weeks": 11}, {"duration_weeks": None}, {"no_red_flags_confirmed": True}],
+    "chronic-management": [
+        {"duration_weeks": 5200, "physiotherapy_suggested": True, "no_red_flags_confirmed": False},
+        {"duration_weeks": None, "physiotherapy_suggested": False, "no_red_flags_confirmed": True},
+    ],
 }
 
 

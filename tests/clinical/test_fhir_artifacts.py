@@ -43,6 +43,7 @@ TOPICS = [
     "axspa-referral",
     "axspa-hla-b27",
     "self-management",
+    "chronic-management",
 ]
 
 

@@ -278,7 +278,13 @@ def test_markdown_never_passes_markup_through(source: str) -> None:
     assert "<table>" in html
 
 
-def test_markdown_keeps_card_formatting(console) -> None:
+def test_markdown_keeps_card_formatting(make_app, tmp_path: Path) -> None:
+    # the full detail (site setting card_detail: full) has the tables and the guideline links
+    site = tmp_path / "site.yaml"
+    site.write_text("card_detail: full\n", encoding="utf-8")
+    app = make_app(site_config=site)
+    app.config["CDS_CONSOLE_FIXTURES_DIR"] = str(CONSOLE_DATA)
+    console = app.test_client()
     built = build(console, fixture="console-axspa", hook="patient-view")
     detail = invoke(console, built)[0]["detail"]
     response = console.post("/console/api/markdown", json={"texts": [detail, ""]})

@@ -145,7 +145,7 @@ def test_preview_feedback_reaches_analytics_and_database(live_server: LiveServer
     assert browser.find_element(By.ID, "expectation").get_attribute("data-match") == "true"
     referral = card_with_topic(cards, "axspa-referral")
     assert "indicator-warning" in referral.get_attribute("class")
-    assert referral.find_element(By.CSS_SELECTOR, ".card-detail table")  # Markdown tables rendered
+    assert referral.find_element(By.CSS_SELECTOR, ".card-detail li strong")  # compact criteria lines rendered
     source_link = referral.find_element(By.CSS_SELECTOR, ".card-source a")
     assert source_link.get_attribute("href").startswith("https://www.nice.org.uk/")
     suggestion = referral.find_element(By.CSS_SELECTOR, "button.suggestion")

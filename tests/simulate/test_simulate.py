@@ -55,21 +55,21 @@ def test_fixture_export_gives_the_expected_cards(tmp_path: Path, capsys: pytest.
     assert cli.main(["simulate", str(tmp_path / "export"), "--on", DAY.isoformat(), "--workers", "2",
                      "--out", str(out)]) == 0
     printed = capsys.readouterr()
-    assert "55 patients" in printed.out
+    patients = len(load_manifest().fixtures)
+    assert f"{patients} patients" in printed.out
     assert "patient/s" in printed.err  # the progress bar is on stderr
     figures = json.loads((out / "simulation.json").read_text())
     got = Counter({(r["hook"], r["topic"]): r["cards"] for r in figures["topics"] if r["cards"]})
     assert got == expected_total()
-    assert figures["patients"] == 55 and figures["errors"] == {}
-    assert sum(figures["cardsPerPatient"].values()) == 55
+    assert figures["patients"] == patients and figures["errors"] == {}
+    assert sum(figures["cardsPerPatient"].values()) == patients
     per_patient = Counter(sum(c.values()) for c in expected_per_fixture().values())
     assert {int(k): v for k, v in figures["cardsPerPatient"].items()} == dict(per_patient)
     svg = (out / "simulation.svg").read_text()
     assert svg.startswith("<svg") and "imaging-not-indicated" in svg
     # nothing about any patient: no id, no fixture name, no resource content
-    patients = read_export(tmp_path / "export").patients
     everything = printed.out + printed.err + "".join(p.read_text() for p in out.iterdir())
-    for patient_id in patients:
+    for patient_id in read_export(tmp_path / "export").patients:
         assert patient_id not in everything
     assert "Practitioner/" not in everything and "birthDate" not in everything
 

@@ -192,7 +192,7 @@ def bundle_source(bundle: Any) -> PatientSource:
     ServiceRequests become the draft orders of the order hooks, not part of the record.
     """
     if not isinstance(bundle, Mapping) or bundle.get("resourceType") != "Bundle":
-        raise ConsoleInputError("the pasted JSON is not a FHIR Bundle (resourceType must be \"Bundle\")", "bundle")
+        raise ConsoleInputError('the pasted JSON is not a FHIR Bundle (resourceType must be "Bundle")', "bundle")
     entries = bundle.get("entry")
     if not isinstance(entries, list) or not entries:
         raise ConsoleInputError("the Bundle has no entry", "bundle.entry")
@@ -218,9 +218,7 @@ def bundle_source(bundle: Any) -> PatientSource:
         resources = [_rewrite_references(r, mapping) for r in resources]
     patients = [r for r in resources if r["resourceType"] == "Patient"]
     if len(patients) != 1:
-        raise ConsoleInputError(
-            f"the Bundle must hold exactly one Patient (found {len(patients)})", "bundle.entry"
-        )
+        raise ConsoleInputError(f"the Bundle must hold exactly one Patient (found {len(patients)})", "bundle.entry")
     orders = [r for r in resources if r["resourceType"] == "ServiceRequest" and r.get("status") == "draft"]
     record = [r for r in resources if not (r["resourceType"] == "ServiceRequest" and r.get("status") == "draft")]
     return PatientSource(label="pasted Bundle", resources=record, orders=orders[:MAX_ORDERS])
@@ -247,11 +245,13 @@ def bundle_listing(source: PatientSource, today: date) -> dict[str, Any]:
 def compose_order(preset: Any, reason: Any, patient_id: str, index: int, today: date) -> dict[str, Any]:
     """A draft imaging ServiceRequest from one of the presets."""
     if preset not in ORDER_PRESETS:
-        raise ConsoleInputError(f"unknown order preset {preset!r}; one of {', '.join(ORDER_PRESETS)}",
-                                f"orders[{index}].preset")
+        raise ConsoleInputError(
+            f"unknown order preset {preset!r}; one of {', '.join(ORDER_PRESETS)}", f"orders[{index}].preset"
+        )
     if reason not in ORDER_REASONS:
-        raise ConsoleInputError(f"unknown order reason {reason!r}; one of {', '.join(ORDER_REASONS)}",
-                                f"orders[{index}].reason")
+        raise ConsoleInputError(
+            f"unknown order reason {reason!r}; one of {', '.join(ORDER_REASONS)}", f"orders[{index}].reason"
+        )
     item = ORDER_PRESETS[preset]
     order: dict[str, Any] = {
         "resourceType": "ServiceRequest",
@@ -259,8 +259,10 @@ def compose_order(preset: Any, reason: Any, patient_id: str, index: int, today: 
         "status": "draft",
         "intent": "order",
         "category": [copy.deepcopy(IMAGING_CATEGORY)],
-        "code": {"coding": [{"system": CPT, "code": item["code"], "display": item["display"]}],
-                 "text": item["display"]},
+        "code": {
+            "coding": [{"system": CPT, "code": item["code"], "display": item["display"]}],
+            "text": item["display"],
+        },
         "subject": {"reference": f"Patient/{patient_id}"},
         "authoredOn": today.isoformat(),
     }
@@ -277,9 +279,7 @@ class BuiltRequest:
     expected: list[str] | None  # None: no expectation (pasted Bundle or composed orders)
 
 
-def choose_orders(
-    source: PatientSource, raw_orders: Any, today: date
-) -> tuple[list[dict[str, Any]], list[str], bool]:
+def choose_orders(source: PatientSource, raw_orders: Any, today: date) -> tuple[list[dict[str, Any]], list[str], bool]:
     """Draft orders, selections and whether any order was composed, from the page's ``orders`` list.
 
     Each item is either ``{"reference": "ServiceRequest/<id>", "selected": bool}`` (an order the
@@ -301,12 +301,14 @@ def choose_orders(
         if "reference" in item:
             order = known.get(item["reference"]) if isinstance(item["reference"], str) else None
             if order is None:
-                raise ConsoleInputError(f"{item['reference']!r} is not one of this patient's draft orders",
-                                        f"orders[{index}].reference")
+                raise ConsoleInputError(
+                    f"{item['reference']!r} is not one of this patient's draft orders", f"orders[{index}].reference"
+                )
             order = copy.deepcopy(order)
         else:
-            order = compose_order(item.get("preset"), item.get("reason", "low-back-pain"), source.patient_id,
-                                  index, today)
+            order = compose_order(
+                item.get("preset"), item.get("reason", "low-back-pain"), source.patient_id, index, today
+            )
             composed = True
         orders.append(order)
         if item.get("selected", True):
@@ -339,8 +341,11 @@ def build_request(
             raise ConsoleInputError("order hooks need at least one draft order: pick or compose one", "orders")
         if hook == "order-select" and not selections:
             raise ConsoleInputError("order-select needs at least one selected order", "orders")
-        context["draftOrders"] = {"resourceType": "Bundle", "type": "collection",
-                                  "entry": [{"resource": o} for o in orders]}
+        context["draftOrders"] = {
+            "resourceType": "Bundle",
+            "type": "collection",
+            "entry": [{"resource": o} for o in orders],
+        }
         if hook == "order-select":
             context["selections"] = selections
     request = {

@@ -21,6 +21,7 @@ from cds_service.runtime import Runtime
 from cds_service.tooling.fixtures import FIXTURES_DIR, UnsupportedQuery
 
 from . import TRUSTED_TYPES_POLICY, bp
+from .ehr import console_ehr, with_app_answers
 from .markdown import render_markdown
 from .preview import (
     HOOKS,
@@ -157,15 +158,32 @@ def api_request() -> Response:
             source = bundle_source(body["bundle"])
         else:
             source = fixture_source(read_manifest(_fixtures_dir()), body.get("fixture"), today)
+        source = with_app_answers(source)  # what the assessment app wrote from this console (ehr.py)
         built = build_request(source, body.get("hook"), _services(), body.get("orders"), today)
     except ConsoleInputError as exc:
         return _error(exc.message, exc.status, exc.field)
     except UnsupportedQuery as exc:
         return _error(f"a prefetch template cannot be run in memory: {exc}", 422, "prefetch", "unsupported-query")
     return json_response(
-        {"serviceId": built.service_id, "request": built.request, "expected": built.expected,
-         "source": source.label}
+        {"serviceId": built.service_id, "request": built.request, "expected": built.expected, "source": source.label}
     )
+
+
+@bp.post("/api/smart-launch")
+def api_smart_launch() -> Response:
+    """Follow a card's smart link as the EHR (ehr.py): register the launch, answer the URL to open."""
+    body, error = _json_body()
+    if error:
+        return error
+    assert body is not None
+    try:
+        if "bundle" in body:
+            source = bundle_source(body["bundle"])
+        else:
+            source = fixture_source(read_manifest(_fixtures_dir()), body.get("fixture"), _today())
+        return json_response({"url": console_ehr().launch(source, body.get("link"))})
+    except ConsoleInputError as exc:
+        return _error(exc.message, exc.status, exc.field)
 
 
 @bp.post("/api/markdown")
@@ -217,8 +235,9 @@ def api_analytics_csv() -> Response:
     except SQLAlchemyError:
         return _error("the database is unavailable; retry later", 503, None, "store-unavailable")
     filename = f"card-feedback-{report.period.since}-{report.period.until}.csv"
-    return Response(report.to_csv(), mimetype="text/csv",
-                    headers={"Content-Disposition": f'attachment; filename="{filename}"'})
+    return Response(
+        report.to_csv(), mimetype="text/csv", headers={"Content-Disposition": f'attachment; filename="{filename}"'}
+    )
 
 
 # --------------------------------------------------------------------------------------------

@@ -4,9 +4,11 @@ Each worker builds the runtime once (the site's knowledge, cards and rollout; no
 authentication) and answers, per patient, what an EHR would have asked at the evaluation date:
 patient-view, and order-select for each lumbar imaging ServiceRequest of the export (sent as the one
 draft order, selected). Those ServiceRequests are the orders being placed, so they are left out of the
-patient's history; every other resource is served as prefetch, computed in memory from the
-discovery templates as a FHIR server would. Nothing is recorded. A worker returns counts only: no
-patient identifier leaves it.
+patient's history; every other resource is served as the EHR would: the full prefetch, computed in
+memory from the discovery templates, and beside it a FHIR server (``tooling.fixture_fhir``, in
+process, no socket) for what the service fetches itself — e.g. the rest of a fever window a "latest N"
+prefetch stops short of. Nothing is recorded. A worker returns counts only: no patient identifier
+leaves it.
 """
 
 from __future__ import annotations
@@ -22,10 +24,12 @@ from datetime import date
 from multiprocessing import get_context
 from typing import Any
 
-from cds_service.clinical.imaging import MODALITIES
+from cds_service.clinical.imaging_orders import lumbar_imaging_orders
+from cds_service.clinical.model import PatientRecord
 from cds_service.protocol import RequestError
 from cds_service.settings import Settings
-from cds_service.tooling.fixtures import draft_orders_bundle, prefetch_for
+from cds_service.tooling.fixture_fhir import FIXTURE_FHIR_BASE, serving
+from cds_service.tooling.fixtures import PLACEHOLDER_TOKEN, draft_orders_bundle, prefetch_for
 
 SIMULATION_USER = "Practitioner/population-simulation"
 CHUNK = 25  # patients per task: small enough for a smooth progress bar, large enough to amortise pickling
@@ -62,8 +66,13 @@ def _init_worker(settings: Settings) -> None:
 
 
 def _is_lumbar_imaging(resource: dict[str, Any], knowledge: Any) -> bool:
-    return resource.get("resourceType") == "ServiceRequest" and any(
-        knowledge.match(vs_id, resource.get("code")) for _, vs_id, _ in MODALITIES)
+    """Whether the imaging rules would treat this ServiceRequest, placed as a draft, as lumbar imaging
+    (the rules' own classifier: coded studies and plainly named text-only ones)."""
+    if resource.get("resourceType") != "ServiceRequest":
+        return False
+    draft = {**resource, "status": "draft"}
+    probe = PatientRecord(patient_id="", patient=None, resources=(), draft_orders=(draft,))
+    return bool(lumbar_imaging_orders(probe, knowledge, "order-sign"))
 
 
 def evaluate_patient(runtime: Any, resources: Sequence[dict[str, Any]], day: date, tally: Tally) -> None:
@@ -81,25 +90,29 @@ def evaluate_patient(runtime: Any, resources: Sequence[dict[str, Any]], day: dat
                                        "draftOrders": draft_orders_bundle([draft]), "selections": [reference]}))
     shown_topics: set[str] = set()
     cards = 0
-    for number, (hook, context) in enumerate(calls):
-        service = services[hook]
-        body = {"hook": hook, "hookInstance": f"simulation-{number}", "context": context,
-                "prefetch": prefetch_for(history, service.prefetch, context)}
-        try:
-            outcome = engine.invoke(service.id, body, now=day, record=False)
-        except RequestError as exc:
-            tally.errors[exc.error] += 1
-            continue
-        if outcome.status != 200:
-            tally.errors[str(outcome.body.get("error", outcome.status))] += 1
-            continue
-        for decision in outcome.decisions:
-            tally.shown[(hook, decision.topic)] += 1
-            shown_topics.add(decision.topic)
-        for decision, disposition in outcome.withheld:
-            if disposition == "silent":
-                tally.silent[(hook, decision.topic)] += 1
-        cards += len(outcome.decisions)
+    authorization = {"access_token": PLACEHOLDER_TOKEN, "token_type": "Bearer", "expires_in": 300,
+                     "scope": "patient/*.read", "subject": "lbp-cds-service", "patient": patient_id}
+    with serving(runtime.fhir.session, history):
+        for number, (hook, context) in enumerate(calls):
+            service = services[hook]
+            body = {"hook": hook, "hookInstance": f"simulation-{number}", "context": context,
+                    "prefetch": prefetch_for(history, service.prefetch, context),
+                    "fhirServer": FIXTURE_FHIR_BASE, "fhirAuthorization": authorization}
+            try:
+                outcome = engine.invoke(service.id, body, now=day, record=False)
+            except RequestError as exc:
+                tally.errors[exc.error] += 1
+                continue
+            if outcome.status != 200:
+                tally.errors[str(outcome.body.get("error", outcome.status))] += 1
+                continue
+            for decision in outcome.decisions:
+                tally.shown[(hook, decision.topic)] += 1
+                shown_topics.add(decision.topic)
+            for decision, disposition in outcome.withheld:
+                if disposition == "silent":
+                    tally.silent[(hook, decision.topic)] += 1
+            cards += len(outcome.decisions)
     tally.patients += 1
     tally.orders += len(orders)
     tally.cards_per_patient[cards] += 1

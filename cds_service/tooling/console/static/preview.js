@@ -359,14 +359,28 @@ function renderCard(card, html, serviceId) {
   const links = (card.links || []).filter((l) => l.url);
   if (links.length) {
     article.append(el("ul", { class: "card-links", "aria-label": "Links" },
-      links.map((l) => el("li", {}, l.type === "smart"
-        ? el("span", { title: "SMART app links are not launched from the console", text: `SMART app: ${l.label}` })
-        : externalLink(l.url, l.label)))));
+      links.map((l) => el("li", {}, l.type === "smart" ? smartLinkButton(l) : externalLink(l.url, l.label)))));
   }
 
   article.append(overrideControls(card, serviceId, controls, status));
   article.append(status);
   return article;
+}
+
+// The console acts as the EHR for a smart link: it registers the launch (patient, appContext) and
+// opens the app with launch + iss; run the hook again after saving to see the new cards.
+function smartLinkButton(link) {
+  const button = el("button", { type: "button", class: "smart-link", text: `Open app: ${link.label}` });
+  const note = el("span", { class: "smart-link-status" });
+  button.addEventListener("click", async () => {
+    const body = { link: { url: link.url, appContext: link.appContext } };
+    if (state.source === "bundle") body.bundle = state.bundle; else body.fixture = state.fixture && state.fixture.slug;
+    const answer = await postJSON("/console/api/smart-launch", body);
+    if (!answer.ok) { note.textContent = ` ${errorText(answer)}`; return; }
+    window.open(answer.body.url, "_blank", "noopener");
+    note.textContent = " Opened in a new tab: save there, then send the hook request again.";
+  });
+  return el("span", {}, button, note);
 }
 
 function overrideControls(card, serviceId, controls, status) {
