@@ -24,7 +24,6 @@ allocations, full collections after 100 middle-generation ones.
 from __future__ import annotations
 
 import gc
-from contextlib import nullcontext
 
 GC_THRESHOLDS = (50_000, 20, 100)
 
@@ -34,8 +33,3 @@ def tune_collector() -> None:
     gc.enable()
     gc.set_threshold(*GC_THRESHOLDS)
 
-
-# Kept for hooks_api until its rewrite drops the `with COLLECTOR_PAUSE` (issue 11): it no longer
-# pauses anything. Remove both names then.
-LARGE_BODY_BYTES = 256 * 1024
-COLLECTOR_PAUSE = nullcontext()

@@ -8,14 +8,11 @@ depends on lives in the engine, so the command line and the console get exactly 
 from __future__ import annotations
 
 import time
-import uuid
-from contextlib import nullcontext
 from typing import Any
 
 import orjson
 from flask import Blueprint, Response, current_app, g, request
 
-from .collector import COLLECTOR_PAUSE, LARGE_BODY_BYTES
 from .engine import HookEngine
 from .protocol import RequestError
 
@@ -53,11 +50,7 @@ def invoke(service_id: str) -> Response:
     started = time.monotonic()
     hooks = engine()
     hooks.service(service_id)  # 404 before the body is read
-    large = (request.content_length or 0) >= LARGE_BODY_BYTES
-    with COLLECTOR_PAUSE if large else nullcontext():
-        outcome = hooks.invoke(
-            service_id, _read_json(), g.auth, deadline=started + hooks.runtime.settings.deadline_seconds
-        )
+    outcome = hooks.invoke(service_id, _read_json(), g.auth, deadline=started + hooks.runtime.settings.deadline_seconds)
     g.log_fields.update(outcome.log_fields)
     return json_response(outcome.body, outcome.status)
 
@@ -71,9 +64,3 @@ def feedback(service_id: str) -> Response:
     headers = {"Retry-After": "5"} if outcome.status == 503 else None
     return json_response(outcome.body, outcome.status, headers)
 
-
-def new_request_id() -> str:
-    incoming = request.headers.get("X-Request-ID", "")
-    if 0 < len(incoming) <= 64 and all(ch.isascii() and (ch.isalnum() or ch in "-_.") for ch in incoming):
-        return incoming
-    return uuid.uuid4().hex
