@@ -36,7 +36,9 @@ SANDBOX_ISS = "https://sandbox.cds-hooks.org"
 SANDBOX_JKU = "https://sandbox.cds-hooks.org/.well-known/jwks.json"
 SANDBOX_KID = "44823f3d-0b01-4a6c-a80e-b9d3e8a7226f"
 # The sandbox's published public JWKS lives outside the project; referenced, never copied.
-SANDBOX_JWKS = Path(__file__).parents[2] / "../shared/data/cds-hooks-sandbox-jwks.json"
+# The official CDS Hooks sandbox's public key set, kept in the repository (a copy of
+# shared/data/cds-hooks-sandbox-jwks.json) so a clone without ../shared passes.
+SANDBOX_JWKS = Path(__file__).parent / "data" / "cds-hooks-sandbox-jwks.json"
 
 
 def bearer(token: str) -> str:
@@ -648,7 +650,7 @@ def test_authentication_on_without_issuers_file_fails_at_start_up() -> None:
 
 @pytest.fixture
 def sandbox_jwks() -> Path:
-    assert SANDBOX_JWKS.exists(), f"shared sandbox JWKS not present at {SANDBOX_JWKS}"
+    assert SANDBOX_JWKS.exists(), f"sandbox JWKS not present at {SANDBOX_JWKS}"
     return SANDBOX_JWKS.resolve()
 
 
