@@ -271,8 +271,14 @@ class HookEngine:
 
     def _record_served(self, served: tuple[ServedCard, ...], patient_id: str, when: datetime, auth: Any) -> None:
         if self.runtime.store is not None and served:
-            self.served_writer.submit((served, patient_id, when.astimezone(UTC),
-                                       getattr(auth, "issuer", None), getattr(auth, "tenant", None)))
+            item = (served, patient_id, when.astimezone(UTC), getattr(auth, "issuer", None),
+                    getattr(auth, "tenant", None))
+            if self.runtime.settings.served_writes == "background":
+                self.served_writer.submit(item)
+            else:
+                # inline (default): the row is committed before the answer leaves, so feedback sent to
+                # another instance finds its card and a killed worker loses no answered card
+                self._write_served([item])
         for card in served:
             if card.disposition == DISPOSITION_SHOWN:
                 CARDS_SERVED.labels(card.service_id, card.topic).inc()

@@ -73,6 +73,9 @@ class Settings:
     cards_dir: Path = Path(__file__).resolve().parent / "data" / "cards"
     patient_hash_key: str | None = None
     log_level: str = "INFO"
+    # served-card rows: "inline" (committed before the answer) or "background" (one writer thread per
+    # process; faster on SQLite, but a crash loses queued rows and another instance may get feedback first)
+    served_writes: str = "inline"
     # IANA zone whose calendar day is "today" for every rule (clinical-rules.md §1, rev 2)
     timezone: str = "UTC"
     # Client authentication (CDS client JWT, see README "Security")
@@ -123,6 +126,8 @@ class Settings:
     def validate(self) -> Settings:
         if self.environment not in {"production", "development"}:
             raise SettingsError(f"CDS_ENV: expected production or development, got {self.environment!r}")
+        if self.served_writes not in {"inline", "background"}:
+            raise SettingsError(f"CDS_SERVED_WRITES: expected inline or background, got {self.served_writes!r}")
         if self.on_missing_data not in {"412", "partial"}:
             raise SettingsError(f"CDS_ON_MISSING_DATA: expected 412 or partial, got {self.on_missing_data!r}")
         if self.auth_mode not in {None, "off", "optional", "required"}:
@@ -153,6 +158,7 @@ class Settings:
             "CDS_PUBLIC_BASE_URL": ("public_base_url", str),
             "CDS_OPS_TOKEN": ("ops_token", str),
             "CDS_TIMEZONE": ("timezone", str),
+            "CDS_SERVED_WRITES": ("served_writes", str),
         }
         for var, (attr, kind) in simple.items():
             if env.get(var):

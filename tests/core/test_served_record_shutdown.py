@@ -18,6 +18,7 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import date
 from pathlib import Path
 
+import pytest
 import requests
 from test_serve import free_port
 
@@ -25,10 +26,11 @@ from cds_service.registry import SERVICE_IDS
 from cds_service.tooling.fixtures import build_request, load_manifest, service_templates
 
 
-def test_every_answered_card_is_stored_after_sigterm(tmp_path: Path) -> None:
+@pytest.mark.parametrize("mode", ["inline", "background"])
+def test_every_answered_card_is_stored_after_sigterm(tmp_path: Path, mode: str) -> None:
     port = free_port()
     env = {**os.environ, "CDS_ENV": "development", "CDS_AUTH_MODE": "off", "CDS_DATA_DIR": str(tmp_path),
-           "CDS_WORKERS": "2"}
+           "CDS_WORKERS": "2", "CDS_SERVED_WRITES": mode}
     cli = Path(sys.executable).parent / "cds-service"
     process = subprocess.Popen([str(cli), "serve", "--port", str(port)], env=env, stdout=subprocess.DEVNULL,
                                stderr=subprocess.DEVNULL, start_new_session=True)

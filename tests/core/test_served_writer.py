@@ -148,3 +148,39 @@ def test_interpreter_exit_writes_what_is_queued(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr
     with sqlite3.connect(db) as conn:
         assert conn.execute("SELECT count(*) FROM rows").fetchone()[0] == 100
+
+
+def test_inline_mode_commits_the_row_before_the_answer_leaves(make_app) -> None:
+    """The default: another instance (same database) can join feedback to the card at once."""
+    import sqlalchemy as sa
+    from hookreq import empty_prefetch, hook_request
+
+    from cds_service.tables import served_cards
+
+    app = make_app()
+    assert app.extensions["cds"].settings.served_writes == "inline"
+    templates = app.extensions["cds"].services["lbp-patient-view"].prefetch
+    prefetch = empty_prefetch(templates)
+    prefetch["conditions"] = {"resourceType": "Bundle", "type": "searchset", "entry": [{"resource": {
+        "resourceType": "Condition", "id": "c1", "subject": {"reference": "Patient/p1"},
+        "clinicalStatus": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/condition-clinical",
+                                       "code": "active"}]},
+        "code": {"coding": [{"system": "http://snomed.info/sct", "code": "279039007"}]},
+        "onsetDateTime": "2026-11-20"}}]}
+    cards = app.test_client().post("/cds-services/lbp-patient-view",
+                                   json=hook_request("patient-view", prefetch=prefetch)).get_json()["cards"]
+    assert cards, "a card to record"
+    assert app.extensions["cds"].engine.served_writer.pending == 0  # nothing queued: written inline
+    with app.extensions["cds"].store.engine.connect() as conn:
+        stored = {r.card_uuid for r in conn.execute(sa.select(served_cards.c.card_uuid))}
+    assert {c["uuid"] for c in cards} <= stored
+
+
+def test_served_writes_setting_is_checked() -> None:
+    import pytest
+
+    from cds_service.settings import Settings, SettingsError
+
+    with pytest.raises(SettingsError, match="CDS_SERVED_WRITES"):
+        Settings.from_env({"CDS_SERVED_WRITES": "later"})
+    assert Settings.from_env({"CDS_SERVED_WRITES": "background"}).served_writes == "background"
