@@ -205,22 +205,25 @@ def api_markdown() -> Response:
 
 
 def _analytics_report():
-    period = Period.parse(request.args.get("since"), request.args.get("until"), today=_today())
-    service = request.args.get("service") or None
-    rt = _runtime()
-    displays = {topic: card.display for topic, card in rt.catalog.cards.items()}
-    return build_report(rt.store.engine, period, service, displays)
+    """(report, None), or (None, the JSON error answer) for a bad period or an unavailable database."""
+    try:
+        period = Period.parse(request.args.get("since"), request.args.get("until"), today=_today())
+        service = request.args.get("service") or None
+        rt = _runtime()
+        displays = {topic: card.display for topic, card in rt.catalog.cards.items()}
+        return build_report(rt.store.engine, period, service, displays), None
+    except PeriodError as exc:
+        return None, _error(str(exc), 400, "since/until")
+    except SQLAlchemyError:
+        return None, _error("the database is unavailable; retry later", 503, None, "store-unavailable")
 
 
 @bp.get("/api/analytics")
 def api_analytics() -> Response:
     """The figures of the analytics page (same as `cds-service report --json`)."""
-    try:
-        report = _analytics_report()
-    except PeriodError as exc:
-        return _error(str(exc), 400, "since/until")
-    except SQLAlchemyError:
-        return _error("the database is unavailable; retry later", 503, None, "store-unavailable")
+    report, error = _analytics_report()
+    if error is not None:
+        return error
     body = report.as_json()
     body["services"] = [{"id": s.id, "hook": s.hook, "title": s.title} for s in _runtime().services.values()]
     return json_response(body)
@@ -228,12 +231,9 @@ def api_analytics() -> Response:
 
 @bp.get("/api/analytics.csv")
 def api_analytics_csv() -> Response:
-    try:
-        report = _analytics_report()
-    except PeriodError as exc:
-        return _error(str(exc), 400, "since/until")
-    except SQLAlchemyError:
-        return _error("the database is unavailable; retry later", 503, None, "store-unavailable")
+    report, error = _analytics_report()
+    if error is not None:
+        return error
     filename = f"card-feedback-{report.period.since}-{report.period.until}.csv"
     return Response(
         report.to_csv(), mimetype="text/csv", headers={"Content-Disposition": f'attachment; filename="{filename}"'}
