@@ -26,6 +26,8 @@ from typing import Any
 
 import orjson
 
+from .compute_gate import ComputeGate
+
 Scope = dict[str, Any]
 Message = dict[str, Any]
 Receive = Callable[[], Awaitable[Message]]
@@ -58,8 +60,12 @@ class WsgiBridge:
         headers: dict[str, str],
         body_timeout: float = BODY_TIMEOUT_SECONDS,
         on_shutdown: Callable[[], None] | None = None,
+        gate: ComputeGate | None = None,
+        gated_prefix: str = "/cds-services/",
     ):
         self._app = wsgi_app
+        self._gate = gate
+        self._gated_prefix = gated_prefix
         self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="wsgi")
         self._max_body = max_body_bytes
         self._body_timeout = body_timeout
@@ -112,7 +118,14 @@ class WsgiBridge:
                 return b"".join(chunks)
 
     def _call_app(self, environ: dict[str, Any]) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
-        """Run the WSGI app to completion in a pool thread; our answers are small, so buffer them."""
+        """Run the WSGI app to completion in a pool thread; hook calls take turns (compute_gate.py)."""
+        if self._gate is not None and environ["PATH_INFO"].startswith(self._gated_prefix):
+            with self._gate.turn():
+                return self._run_app(environ)
+        return self._run_app(environ)
+
+    def _run_app(self, environ: dict[str, Any]) -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+        """The WSGI call itself; our answers are small, so buffer them."""
         started: list[Any] = []
 
         def start_response(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Callable:

@@ -18,6 +18,7 @@ import orjson
 import requests
 from requests.adapters import HTTPAdapter
 
+from .compute_gate import released
 from .metrics import FHIR_CALL_LATENCY, FHIR_FAILURES, coarse_reason
 from .urls import url_allowed
 
@@ -93,7 +94,8 @@ class FhirClient:
             )
             for key, query in queries.items()
         }
-        wait(futures.values(), timeout=max(0.0, deadline - time.monotonic()) + 0.05)
+        with released():  # other hook calls compute while this one waits on the FHIR server
+            wait(futures.values(), timeout=max(0.0, deadline - time.monotonic()) + 0.05)
         results: dict[str, FetchResult] = {}
         for key, future in futures.items():
             if future.done() and not future.cancelled() and future.exception() is None:

@@ -33,6 +33,10 @@ PREFETCH_MISSING = Counter(
 FEEDBACK = Counter(
     "cds_feedback_total", "Feedback items stored, by service, outcome and flag", ["service", "outcome", "flag"]
 )
+GATE_OVERFLOWS = Counter(
+    "cds_compute_gate_overflows_total",
+    "Hook calls that waited the compute gate's limit and went ahead without it (compute_gate.py)",
+)
 
 
 def coarse_reason(reason: str | None) -> str:

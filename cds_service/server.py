@@ -143,14 +143,17 @@ class _Server(BaseApplication):
     def load(self):
         from .app import API_CSP, SECURITY_HEADERS, create_app
         from .asgi_bridge import WsgiBridge
+        from .compute_gate import GATE
 
         app = create_app(self.settings)
+        GATE.wait_limit = self.settings.gate_wait_ms / 1000
         return WsgiBridge(
             app,
             threads=self.settings.threads,
             max_body_bytes=self.settings.max_request_bytes,
             headers={**SECURITY_HEADERS, "Content-Security-Policy": API_CSP},
             on_shutdown=app.extensions["cds"].close,  # Runtime.close at the worker's lifespan shutdown
+            gate=GATE if self.settings.gate_wait_ms > 0 else None,
         )
 
 

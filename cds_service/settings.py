@@ -56,6 +56,9 @@ class Settings:
     port: int = 8080
     workers: int = field(default_factory=lambda: os.cpu_count() or 2)
     threads: int = 4  # per gunicorn worker: lets a worker compute while another request waits on FHIR
+    # hook calls of a worker take turns computing (compute_gate.py); a call that waited this long goes
+    # ahead anyway; 0 turns the gate off (the threads then share the interpreter lock as they come)
+    gate_wait_ms: int = 50
     # ./data of the directory the service starts in (the repo for `make serve`): never inside the
     # installed package, which may be read-only; deployments set CDS_DATA_DIR or CDS_DATABASE_URL
     data_dir: Path = field(default_factory=lambda: Path.cwd() / "data")
@@ -188,6 +191,9 @@ class Settings:
         for var, (attr, kind) in numbers.items():
             if env.get(var):
                 values[attr] = _number(var, env[var], kind)
+        if env.get("CDS_GATE_WAIT_MS"):  # 0 is allowed: no gate
+            raw = env["CDS_GATE_WAIT_MS"]
+            values["gate_wait_ms"] = 0 if raw.strip() == "0" else _number("CDS_GATE_WAIT_MS", raw, int)
         if env.get("CDS_FHIR_ALLOWLIST") is not None and "CDS_FHIR_ALLOWLIST" in env:
             values["fhir_allowlist"] = _list(env["CDS_FHIR_ALLOWLIST"])
         if env.get("CDS_CORS_ORIGINS"):

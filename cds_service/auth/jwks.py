@@ -33,6 +33,7 @@ import requests
 from cryptography.hazmat.primitives.asymmetric.rsa import RSAPublicKey
 from jwt.exceptions import PyJWTError
 
+from ..compute_gate import released
 from .model import fail, log
 
 _EC_CURVE_FOR_ALG = {"ES256": "P-256", "ES384": "P-384", "ES512": "P-521"}
@@ -296,7 +297,8 @@ class KeyStore:
     @staticmethod
     def _wait(loading: Future[None]) -> None:
         try:
-            loading.result(timeout=JWKS_WAIT_SECONDS)
+            with released():  # other hook calls compute while this one waits for the keys
+                loading.result(timeout=JWKS_WAIT_SECONDS)
         except FutureTimeout:
             log.warning("JWKS load still running after %.1f s; request not held longer", JWKS_WAIT_SECONDS,
                         extra={"check": "jwks"})
