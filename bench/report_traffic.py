@@ -82,8 +82,9 @@ def traffic_section(data: dict[str, Any]) -> list[str]:
              "(W5/W6: one wrk thread per connection, sessions in order) and bench/lua/post.lua (repeated). Average "
              "body sizes: " + ", ".join(f"{k.split(' ')[0]} {v:,} bytes"
                                         for k, v in (traffic.get("bytes") or {}).items()) + ".", "",
-             "| workload | tree | endpoint | req/s | p50 ms | p95 ms | p99 ms | p99/p50 | errors | x floor |",
-             "|---|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+             "| workload | tree | endpoint | req/s | p50 ms | p95 ms | p99 ms | p99/p50 | errors | x floor "
+             "| server CPU ms / request |",
+             "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for label, source in (("after", rows), ("before", before)):
         for workload in (W5, W6, REPEATED):
             for kind in ("service", "floor"):
@@ -95,7 +96,8 @@ def traffic_section(data: dict[str, Any]) -> list[str]:
                     f"| {workload if kind == 'service' else 'floor, same bodies'} | {label} | "
                     f"{'hook' if kind == 'service' else '/_bench/floor'} | {r['throughput']:,.0f} | "
                     f"{r['p50_ms']:.2f} | {r['p95_ms']:.2f} | {r['p99_ms']:.2f} | {r['p99_ms'] / r['p50_ms']:.1f} | "
-                    f"{r['errors']} | {'' if ratio is None else f'{ratio:.2f}'} |")
+                    f"{r['errors']} | {'' if ratio is None else f'{ratio:.2f}'} | "
+                    f"{'' if r.get('server_cpu_ms') is None else format(r['server_cpu_ms'], '.2f')} |")
     answers_after = traffic.get("answers") or {}
     answers_before = (data.get("traffic_before") or {}).get("answers") or {}
     if answers_after and answers_before:

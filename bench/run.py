@@ -556,21 +556,22 @@ def profiles(cases_file: Path, pythonpath: str, label: str) -> str:
 
 
 def tail_probe(workdir: Path) -> dict[str, Any] | None:
-    """bench/tail_probe.py on the repeated body: 1 and 4 threads (a worker's app threads) for 6 s each."""
+    """bench/tail_probe.py on the repeated body: 1 thread, 4 threads (a worker's app threads) sharing the
+    interpreter lock, and 4 threads taking turns at the compute gate, 6 s each."""
     from bench.sessions import repeated_body
 
     body = repeated_body()
     path = workdir / "tail-probe-body.json"
     path.write_bytes(body.raw)
     out: dict[str, Any] = {}
-    for threads in (1, 4):
+    for threads, mode in ((1, ""), (4, ""), (4, "gated")):
         done = subprocess.run([sys.executable, str(BENCH / "tail_probe.py"), str(path), body.service_id,
-                               str(threads), "6"], env={**os.environ, "PYTHONPATH": str(ROOT)},
+                               str(threads), "6", mode], env={**os.environ, "PYTHONPATH": str(ROOT)},
                               capture_output=True, text=True, timeout=300)
         if done.returncode != 0:
             log(f"tail probe failed: {done.stderr[-800:]}")
             return None
-        out[f"threads_{threads}"] = json.loads(done.stdout.strip().splitlines()[-1])
+        out[f"threads_{threads}{'_' + mode if mode else ''}"] = json.loads(done.stdout.strip().splitlines()[-1])
     return out
 
 

@@ -1,6 +1,9 @@
 """Where the repeated-body tail comes from: one body through the hook engine from N threads at once.
 
-    python bench/tail_probe.py BODY.json SERVICE_ID [threads=4] [seconds=8]   -> JSON on stdout
+    python bench/tail_probe.py BODY.json SERVICE_ID [threads=4] [seconds=8] [gated]   -> JSON on stdout
+
+``gated``: every call takes its turn at the compute gate (cds_service/compute_gate.py), as the server's
+hook calls do; without it the threads share the interpreter lock as they come (CDS_GATE_WAIT_MS=0).
 
 A gunicorn worker runs the app on a few threads in one interpreter (server.py: CDS_THREADS); this reproduces that
 without HTTP, and times every request three ways: wall clock, this thread's CPU time, and the parts of
@@ -12,6 +15,7 @@ lock). Like bench/inproc.py it imports nothing from ``bench`` so PYTHONPATH deci
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import json
 import statistics
@@ -27,6 +31,7 @@ def main() -> int:
     body_path, service_id = Path(sys.argv[1]), sys.argv[2]
     threads = int(sys.argv[3]) if len(sys.argv) > 3 else 4
     seconds = float(sys.argv[4]) if len(sys.argv) > 4 else 8.0
+    gated = len(sys.argv) > 5 and sys.argv[5] == "gated"
     import orjson
 
     from cds_service.runtime import Runtime
@@ -68,12 +73,19 @@ def main() -> int:
     lock = threading.Lock()
     stop = time.perf_counter() + seconds
 
+    turn: Any = contextlib.nullcontext
+    if gated:
+        from cds_service.compute_gate import GATE
+
+        turn = GATE.turn
+
     def worker() -> None:
         while time.perf_counter() < stop:
             writes.ms = 0.0
             c0, w0 = time.thread_time(), time.perf_counter()
-            outcome = engine.invoke(service_id, orjson.loads(raw))
-            orjson.dumps(outcome.body)
+            with turn():
+                outcome = engine.invoke(service_id, orjson.loads(raw))
+                orjson.dumps(outcome.body)
             w1, c1 = time.perf_counter(), time.thread_time()
             with lock:
                 samples.append({"start": w0, "end": w1, "wall": (w1 - w0) * 1000, "cpu": (c1 - c0) * 1000,
@@ -101,7 +113,7 @@ def main() -> int:
         return round(statistics.fmean(r[key] for r in rows), 3)
 
     print(json.dumps({
-        "threads": threads, "requests": len(samples), "seconds": seconds,
+        "threads": threads, "gated": gated, "requests": len(samples), "seconds": seconds,
         "p50_ms": round(p50, 3), "p99_ms": round(p99, 3), "p99_over_p50": round(p99 / p50, 2),
         "cpu_p50_ms": round(statistics.median(s["cpu"] for s in samples), 3),
         "cpu_p99_ms": round(sorted(s["cpu"] for s in samples)[int(0.99 * (len(samples) - 1))], 3),

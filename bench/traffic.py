@@ -9,6 +9,7 @@ EHR, sending its session in order), hook first, then the floor with the same bod
 
 from __future__ import annotations
 
+import os
 import secrets
 from pathlib import Path
 from typing import Any
@@ -65,8 +66,14 @@ def traffic_suite(service: Any, workdir: Path, duration: float, warmup: float, r
     def load(name: str, kind: str, url: str, **kwargs: Any) -> None:
         if warmup > 0:
             run_wrk(url, None if "script" in kwargs else repeated_file, CONNECTIONS, warmup, **_fresh(kwargs))
+        workers = service.workers()
+        cpu_before = worker_cpu_seconds(workers)
         result = run_wrk(url, None if "script" in kwargs else repeated_file, CONNECTIONS, duration, **_fresh(kwargs))
-        result.update({"workload": name, "kind": kind, "tree": service.label})
+        cpu = worker_cpu_seconds(workers) - cpu_before
+        result.update({"workload": name, "kind": kind, "tree": service.label,
+                       # the workers' CPU (user + system) per answered request: robust where wall-clock
+                       # throughput swings with whatever else the machine runs
+                       "server_cpu_ms": round(1000 * cpu / result["requests"], 3) if result["requests"] else None})
         if kind == "service":
             result["check"] = {k: v for k, v in checks[name].items() if k != "answers"}
         rows.append(result)
@@ -89,6 +96,19 @@ def traffic_suite(service: Any, workdir: Path, duration: float, warmup: float, r
         "bytes": {W5: sum(len(b.raw) for b in w5) // max(1, len(w5)),
                   W6: sum(len(b.raw) for b in w6) // max(1, len(w6)), REPEATED: len(repeated.raw)},
     }
+
+
+def worker_cpu_seconds(pids: list[int]) -> float:
+    """User + system CPU seconds of the given processes (the server's workers), from /proc."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    total = 0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15 of proc(5))
+    return total / ticks
 
 
 def _fresh(kwargs: dict[str, Any]) -> dict[str, Any]:
