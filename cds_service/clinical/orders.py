@@ -5,6 +5,9 @@ orders, "proposal" for referrals, which the receiving service still has to accep
 fhir.resources R4B before it is returned. Ids are deterministic (UUID5 of patient, kind, code, source
 order and evaluation time) so that evaluation stays a pure function. Labels live in cards/: a
 SuggestionSpec carries only its ``kind`` and the label's params.
+
+Validation is split (see ``_validate``): the fixed part of a resource (its template) is validated with the
+full ServiceRequest model once per distinct template, the per-call values with the model's own field types.
 """
 
 from __future__ import annotations
@@ -13,11 +16,13 @@ import uuid
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Annotated, Any
 
 import orjson
 from fhir.resources.R4B.codeableconcept import CodeableConcept
+from fhir.resources.R4B.reference import Reference
 from fhir.resources.R4B.servicerequest import ServiceRequest
+from pydantic import BaseModel, TypeAdapter
 
 from cds_service.clinical.codes import CPT, LOINC, SNOMED
 from cds_service.clinical.model import PatientRecord, SuggestionSpec
@@ -85,8 +90,8 @@ class OrderContext:
     encounter_id: str | None
     user_id: str | None
     now: datetime
-    # JSON (sorted keys) of what already validated during this evaluation: the rules build the same
-    # referral and copy the same reason codes into several suggestions. One evaluation only.
+    # JSON (sorted keys) of the reason codes already validated during this evaluation: the rules copy the
+    # same reason codes into several suggestions. One evaluation only.
     validated: set[bytes] = field(default_factory=set, compare=False, repr=False)
 
     @classmethod
@@ -168,15 +173,90 @@ def service_request(
         resource["supportingInfo"] = [{"reference": r} for r in refs]
     if note:
         resource["note"] = [{"text": note}]
-    key = _json_key("ServiceRequest", resource)
-    if key is None or key not in ctx.validated:  # only successes are remembered: a failure raises each time
+    _validate(kind, resource)
+    return resource
+
+
+def _field_adapter(model: type[BaseModel], name: str) -> TypeAdapter[Any]:
+    """The validator *model* applies to its field *name*: the field's own annotation and constraints."""
+    info = model.model_fields[name]
+    annotation = Annotated[info.annotation, *info.metadata] if info.metadata else info.annotation
+    return TypeAdapter(annotation, config=model.model_config)
+
+
+_ID = _field_adapter(ServiceRequest, "id")
+_AUTHORED_ON = _field_adapter(ServiceRequest, "authoredOn")
+_REFERENCE = _field_adapter(Reference, "reference")
+# Elements whose value depends on the call; everything else in a resource is its template (the note too:
+# each kind passes a fixed text).
+_PER_CALL = ("id", "subject", "encounter", "requester", "authoredOn", "reasonCode", "supportingInfo")
+# Valid values of the per-call elements, in the template while it is validated (subject is required).
+_PLACEHOLDERS: dict[str, Any] = {
+    "id": "00000000-0000-5000-8000-000000000000",
+    "subject": {"reference": "Patient/placeholder"},
+    "encounter": {"reference": "Encounter/placeholder"},
+    "requester": {"reference": "Practitioner/placeholder"},
+    "authoredOn": "2000-01-01T00:00:00+00:00",
+    "reasonCode": [{"text": "placeholder"}],
+    "supportingInfo": [{"reference": "Condition/placeholder"}],
+}
+# JSON keys of templates that validated. Finite in practice (kinds x codes); the bound only guards misuse.
+_VALID_TEMPLATES: set[bytes] = set()
+_MAX_TEMPLATES = 256
+
+
+def _validate(kind: str, resource: dict[str, Any]) -> None:
+    """Raise SuggestionBuildError exactly when ``ServiceRequest.model_validate(resource)`` would fail.
+
+    The template (every element not in _PER_CALL: resourceType, status, intent, category, priority, code,
+    note) is validated with the full model once, with _PLACEHOLDERS for the per-call elements. The
+    per-call values are validated with the model's own field annotations (_field_adapter): the id and
+    authoredOn strings, the ``reference`` string of subject, encounter, requester and each supportingInfo
+    (service_request builds those as ``{"reference": str}``); reasonCode entries were validated with
+    CodeableConcept.model_validate by clean_reason_codes, which is what the model does with each entry.
+
+    Nothing else can make the full resource fail. Pydantic validates each field on its own; the model-level
+    checks of ServiceRequest, Reference and Annotation (fhir_core fhirabstractmodel.py) are
+    - ``__init__`` (run by model_validate, the models have a custom init): a ``resourceType`` other than
+      the model's is rejected; only the template has one;
+    - reject_null_complex_elements: a None inside a list of complex elements; the per-call lists hold
+      only dicts built here (reasonCode only the dicts clean_reason_codes kept);
+    - _validate_required_primitive_elements: status and intent (ServiceRequest), text (Annotation): the
+      template's; Reference has none;
+    - _validate_one_of_many: asNeeded[x], occurrence[x], quantity[x] (ServiceRequest), author[x] (Annotation):
+      never set here; Reference has none;
+    - fhir_model_validator (fhir_core types.py, the wrapper of every complex field): a dict is validated
+      with the field's model and then only its class and resource type are checked, always those of the
+      field's model. So a ``{"reference": s}`` dict is valid exactly when *s* is a valid Reference.reference.
+    None of the three models has a field validator (tests/clinical/test_orders_templates.py checks this,
+    with the differential test against _validate_fully).
+    """
+    template = {k: v for k, v in resource.items() if k not in _PER_CALL}
+    key = _json_key("ServiceRequest", template)
+    if key is None or key not in _VALID_TEMPLATES:  # only successes are remembered: a failure raises each time
         try:
-            ServiceRequest.model_validate(resource)
+            ServiceRequest.model_validate({**template, **_PLACEHOLDERS})
         except Exception as exc:  # noqa: BLE001
             raise SuggestionBuildError(f"{kind}: created ServiceRequest does not validate: {exc}") from exc
-        if key is not None:
-            ctx.validated.add(key)
-    return resource
+        if key is not None and len(_VALID_TEMPLATES) < _MAX_TEMPLATES:
+            _VALID_TEMPLATES.add(key)
+    references = [resource["subject"]["reference"]]
+    for name in ("encounter", "requester"):
+        if name in resource:
+            references.append(resource[name]["reference"])
+    references.extend(r["reference"] for r in resource.get("supportingInfo", ()))
+    try:
+        _ID.validate_python(resource["id"])
+        _AUTHORED_ON.validate_python(resource["authoredOn"])
+        for reference in references:
+            _REFERENCE.validate_python(reference)
+    except Exception as exc:  # noqa: BLE001
+        raise SuggestionBuildError(f"{kind}: created ServiceRequest does not validate: {exc}") from exc
+
+
+def _validate_fully(resource: dict[str, Any]) -> None:
+    """The full model validation every resource had before templates: for the differential test only."""
+    ServiceRequest.model_validate(resource)
 
 
 def _create(description: str, resource: dict[str, Any]) -> dict[str, Any]:
