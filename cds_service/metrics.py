@@ -33,6 +33,11 @@ PREFETCH_MISSING = Counter(
 FEEDBACK = Counter(
     "cds_feedback_total", "Feedback items stored, by service, outcome and flag", ["service", "outcome", "flag"]
 )
+SCHEMA_FAST_PATH_DISAGREEMENTS = Counter(
+    "cds_schema_fast_path_disagreements_total",
+    "Requests the compiled (jsonschema-rs) validator refused but the Python jsonschema one accepted, by schema",
+    ["schema"],
+)
 
 
 def coarse_reason(reason: str | None) -> str:
