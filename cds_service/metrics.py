@@ -37,6 +37,11 @@ GATE_OVERFLOWS = Counter(
     "cds_compute_gate_overflows_total",
     "Hook calls that waited the compute gate's limit and went ahead without it (compute_gate.py)",
 )
+SCHEMA_FAST_PATH_DISAGREEMENTS = Counter(
+    "cds_schema_fast_path_disagreements_total",
+    "Requests the compiled (jsonschema-rs) validator refused but the Python jsonschema one accepted, by schema",
+    ["schema"],
+)
 
 
 def coarse_reason(reason: str | None) -> str:

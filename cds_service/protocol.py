@@ -7,6 +7,7 @@ integration engineer can fix the request without reading our code.
 from __future__ import annotations
 
 import json
+import logging
 import re
 from collections import deque
 from collections.abc import Callable
@@ -15,10 +16,13 @@ from functools import cache
 from importlib import resources
 from typing import Any
 
+import jsonschema_rs
 import orjson
 from jsonschema import Draft202012Validator, FormatChecker
 from jsonschema.exceptions import ValidationError
 from referencing import Registry, Resource
+
+from .metrics import SCHEMA_FAST_PATH_DISAGREEMENTS
 
 SCHEMA_NAMES = (
     "defs",
@@ -34,6 +38,10 @@ HOOK_CONTEXT_SCHEMAS = {
     "order-select": "context-order-select",
     "order-sign": "context-order-sign",
 }
+#: The schemas with a compiled fast path (fast_validators); feedback needs the date-time checker.
+FAST_SCHEMAS = ("request", *HOOK_CONTEXT_SCHEMAS.values())
+
+log = logging.getLogger("cds_service.protocol")
 
 
 class RequestError(Exception):
@@ -165,6 +173,56 @@ def validators() -> dict[str, Draft202012Validator]:
         name: Draft202012Validator(schema, registry=registry, format_checker=checker)
         for name, schema in schemas.items()
     }
+
+
+@cache
+def fast_validators() -> dict[str, jsonschema_rs.Draft202012Validator]:
+    """jsonschema-rs validators of the request and the hook contexts: a yes/no answer ~100x faster.
+
+    Python's jsonschema walk cost ~0.3 ms a hook request; these answer in a few µs. They only say
+    valid or not: an invalid request is walked again by the Python validators, which name the field
+    (see _validate). Same self-contained schemas, without _python_anchors: jsonschema-rs already
+    reads ``$`` as the end of the input (ECMA-262). Formats are not checked, as in validators()
+    (its checker knows only date-time, which none of these schemas use). The request's prefetch is
+    left to _fast_valid, as validators() leaves it to _prefetch_errors.
+    """
+    raw = {name: load_schema(name) for name in SCHEMA_NAMES}
+    schemas = {name: _dereference(_inline_refs(name, raw)) for name in FAST_SCHEMAS}
+    schemas["request"]["properties"]["prefetch"] = {"type": "object"}
+    return {
+        name: jsonschema_rs.Draft202012Validator(schema, validate_formats=False)
+        for name, schema in schemas.items()
+    }
+
+
+def _fast_valid(schema: str, instance: Any) -> bool | None:
+    """True when the compiled validator accepts ``instance``, False when it refuses it, None when it
+    cannot tell (a schema without a fast path, or a value it cannot convert: a lone surrogate, a
+    non-string key); both of the latter leave the answer to the Python path."""
+    validator = fast_validators().get(schema)
+    if validator is None:
+        return None
+    if schema == "request":
+        if not isinstance(instance, dict):
+            return False
+        if "prefetch" in instance:
+            # The compiled validator never sees the prefetch (it can be megabytes): its type and its
+            # values are checked here in Python, as validators() leaves them to _prefetch_errors.
+            prefetch = instance["prefetch"]
+            if not isinstance(prefetch, dict) or _prefetch_errors(prefetch):
+                return False
+            instance = {key: value for key, value in instance.items() if key != "prefetch"}
+    try:
+        return validator.is_valid(instance)
+    except Exception:  # not convertible to JSON (ValueError, UnicodeEncodeError): the Python path decides
+        return None
+
+
+def _disagreement(schema: str) -> None:
+    """The compiled validator refused what the Python one accepts: the Python answer stands (it is
+    the authority on errors); counted so a divergence between the two is seen. No request content."""
+    SCHEMA_FAST_PATH_DISAGREEMENTS.labels(schema=schema).inc()
+    log.debug("fast schema validator refused a request the Python validator accepts (schema %s)", schema)
 
 
 _RFC3339 = re.compile(
@@ -352,7 +410,14 @@ def check_counts(body: dict[str, Any]) -> None:
 
 
 def _validate(schema: str, instance: Any, prefix: str = "$") -> None:
-    """RequestError(400) for the first schema error; a RecursionError (deep input) is a 400 too."""
+    """RequestError(400) for the first schema error; a RecursionError (deep input) is a 400 too.
+
+    The compiled validator answers first (fast_validators); only what it refuses or cannot read is
+    walked by the Python validators, which name the field exactly as before.
+    """
+    fast = _fast_valid(schema, instance)
+    if fast:
+        return
     try:
         # the request: its schema and the prefetch values (_request_problem); anything else: its schema
         problem = _request_problem(instance) if schema == "request" else first_error(schema, instance, prefix)
@@ -361,6 +426,8 @@ def _validate(schema: str, instance: Any, prefix: str = "$") -> None:
         raise RequestError(400, f"{path} is nested too deeply to validate", path, "too-deep") from None
     if problem:
         raise RequestError(400, f"{problem[0]} {problem[1]}", problem[0])
+    if fast is False:
+        _disagreement(schema)
 
 
 def validate_request(body: Any, service_hook: str) -> None:

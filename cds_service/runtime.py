@@ -9,7 +9,7 @@ from .cards import CardCatalog
 from .clinical.knowledge import Knowledge
 from .engine import HookEngine
 from .fhir_client import FhirClient
-from .protocol import validators
+from .protocol import fast_validators, validators
 from .registry import ServiceDefinition, build_registry
 from .rollout import Governance
 from .rollout import load as load_governance
@@ -42,6 +42,7 @@ class Runtime:
                 "must be checked against the URL clients call, not against the request's Host header"
             )
         validators()  # compile the JSON Schemas now, not on the first hook request
+        fast_validators()
         knowledge = Knowledge.load(settings.site_config)
         store: Store | None = None
         authenticator: Authenticator | None = None
