@@ -81,11 +81,15 @@ class Store:
     def __init__(self, url: str, patient_hash_key: str | None = None, *, auto_migrate: bool = True):
         if url.startswith("sqlite:///"):
             Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
-        kwargs: dict[str, Any] = {"pool_pre_ping": True}
+        kwargs: dict[str, Any] = {}
         if url.startswith("postgresql"):
-            kwargs.update(pool_size=5, max_overflow=5, connect_args={"connect_timeout": 3})
+            # a server restart or a proxy's idle cut leaves dead connections in the pool: test each on checkout
+            kwargs.update(pool_pre_ping=True, pool_size=5, max_overflow=5, connect_args={"connect_timeout": 3})
         elif url.startswith("sqlite"):
+            # a file cannot drop a connection: no ping (a query per checkout, ~15 % of a served-card write)
             kwargs["connect_args"] = {"timeout": 10}
+        else:
+            kwargs["pool_pre_ping"] = True
         self.engine: Engine = create_engine(url, **kwargs)
         if url.startswith("sqlite"):
             event.listen(self.engine, "connect", _sqlite_pragmas)
