@@ -6,7 +6,8 @@ interpreter lock, and the hand-overs cost: the same order-select call took 1.8â€
 thread and 2.7â€“2.8 ms with four (bench/tail_probe.py), and the server's CPU per hook call fell by a
 quarter with one thread. With the gate the threads take turns for the computing and keep overlapping
 where it matters: a call gives the gate up while it waits on I/O (:func:`released` around the FHIR
-server, the JWKS load, the database) and queues again behind the calls that arrived meanwhile.
+server, the JWKS load, the served-card write) and then takes the next turn, ahead of the calls that
+have not started yet.
 
 Fairness: waiters are served in arrival order, handed the gate directly. Head-of-line blocking is
 bounded: a call that waited ``wait_limit`` seconds goes ahead without the gate (as without a gate:
@@ -41,8 +42,10 @@ class ComputeGate:
         """True when this thread holds the gate."""
         return getattr(self._local, "held", False)
 
-    def acquire(self) -> bool:
-        """Wait for the gate (at most ``wait_limit``); True when held, False when the wait ran out."""
+    def acquire(self, *, first: bool = False) -> bool:
+        """Wait for the gate (at most ``wait_limit``); True when held, False when the wait ran out.
+
+        *first*: queue ahead of the others (a call coming back from I/O: it only has to finish)."""
         with self._mutex:
             if not self._busy:
                 self._busy = True
@@ -50,7 +53,10 @@ class ComputeGate:
                 return True
             ticket = threading.Lock()
             ticket.acquire()
-            self._waiters.append(ticket)
+            if first:
+                self._waiters.appendleft(ticket)
+            else:
+                self._waiters.append(ticket)
         if ticket.acquire(timeout=self.wait_limit):
             self._local.held = True  # handed over by release(): the gate stayed busy for us
             return True
@@ -84,7 +90,8 @@ class ComputeGate:
 
     @contextmanager
     def released(self) -> Iterator[None]:
-        """Let the others compute while this thread waits on I/O; queue again afterwards."""
+        """Let the others compute while this thread waits on I/O; then take the next turn, ahead of the
+        calls that have not started (finishing a started call first keeps its latency, and the tail, short)."""
         if not self.held_here():
             yield
             return
@@ -92,7 +99,7 @@ class ComputeGate:
         try:
             yield
         finally:
-            self.acquire()
+            self.acquire(first=True)
 
 
 #: The process's gate; the server sets its waiting limit from CDS_GATE_WAIT_MS (0: no gate).

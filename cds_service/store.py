@@ -32,6 +32,7 @@ from typing import Any
 from sqlalchemy import Engine, and_, create_engine, event, insert, select, text
 from sqlalchemy.exc import SQLAlchemyError
 
+from . import write_lock
 from .errors import SettingsError
 from .tables import DISPOSITION_SHOWN, feedback, metadata, served_cards, suppressions
 
@@ -93,6 +94,7 @@ class Store:
         self.engine: Engine = create_engine(url, **kwargs)
         if url.startswith("sqlite"):
             event.listen(self.engine, "connect", _sqlite_pragmas)
+        self._write_lock = write_lock.for_url(url)
         self._hash_key = patient_hash_key.encode() if patient_hash_key else None
         self.auto_migrate = auto_migrate
         self._schema_ready = False
@@ -212,7 +214,7 @@ class Store:
             return
         self.ensure_schema()
         try:
-            with self.engine.begin() as conn:
+            with write_lock.holding(self._write_lock), self.engine.begin() as conn:
                 conn.execute(insert(served_cards), rows)
         except SQLAlchemyError as exc:
             raise StoreUnavailable(str(type(exc).__name__)) from exc

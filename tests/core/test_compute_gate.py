@@ -140,3 +140,35 @@ def test_an_exception_inside_a_turn_frees_the_gate():
     except ValueError:
         pass
     assert not gate._busy and not gate.held_here()
+
+
+def test_a_call_back_from_io_goes_ahead_of_calls_that_have_not_started():
+    gate = ComputeGate(wait_limit=10)
+    order: list[str] = []
+    in_io = threading.Event()
+    io_done = threading.Event()
+
+    def io_call() -> None:
+        with gate.turn():
+            with gate.released():
+                in_io.set()
+                io_done.wait(5)
+            order.append("back from I/O")
+
+    def new_call() -> None:
+        with gate.turn():
+            order.append("new call")
+
+    first = threading.Thread(target=io_call)
+    first.start()
+    assert in_io.wait(5)
+    gate.acquire()  # another call computes meanwhile
+    late = threading.Thread(target=new_call)
+    late.start()
+    _wait_for(lambda: len(gate._waiters) == 1)  # a new call queued first...
+    io_done.set()
+    _wait_for(lambda: len(gate._waiters) == 2)  # ...then the I/O finished
+    gate.release()
+    first.join(5)
+    late.join(5)
+    assert order == ["back from I/O", "new call"]

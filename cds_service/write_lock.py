@@ -1,0 +1,77 @@
+"""One SQLite writer at a time across this host's worker processes, queued on a file lock.
+
+Why (issue 16): every hook call commits its served-card rows before it answers. SQLite lets one
+connection write at a time; a writer that finds the database locked sleeps in SQLite's busy handler
+for 1, 2, 5, 10, 15 … ms between retries, so when a commit runs long (a WAL checkpoint) the next
+writer oversleeps it, and behind the compute gate that writer's worker sat idle. Waiting on an
+exclusive ``flock`` of ``<database>.write-lock`` instead, a writer is woken the moment the previous
+one is done (measured with the repeated body: p99/p50 2.2–2.5 instead of 4–5).
+
+An optimisation, not the arbiter: SQLite's own lock still guards the file (other writers — feedback,
+migrations, retention, another host on a network filesystem — keep the busy handler). PostgreSQL
+needs none of this: :func:`for_url` gives it no lock.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import os
+import threading
+from collections.abc import Iterator
+from contextlib import AbstractContextManager, contextmanager, nullcontext
+from pathlib import Path
+
+log = logging.getLogger("cds_service.store")
+
+
+class FileWriteLock:
+    """Exclusive across processes (flock) and across this process's threads (a flock is per open file)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._threads = threading.Lock()
+        self._fd: int | None = None
+        self._pid = 0
+        self._warned = False
+
+    def _descriptor(self) -> int | None:
+        if self._fd is None or self._pid != os.getpid():  # opened in each worker, never shared over a fork
+            try:
+                self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+            except OSError as exc:  # e.g. a read-only directory: SQLite's own lock still serialises writers
+                if not self._warned:
+                    log.warning("write lock file unavailable (%s); writers wait in SQLite's busy handler",
+                                type(exc).__name__)
+                    self._warned = True
+                return None
+            self._pid = os.getpid()
+        return self._fd
+
+    @contextmanager
+    def hold(self) -> Iterator[None]:
+        with self._threads:
+            fd = self._descriptor()
+            if fd is None:
+                yield
+                return
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(fd, fcntl.LOCK_UN)
+
+
+def for_url(url: str) -> FileWriteLock | None:
+    """The write lock of a SQLite file database, None for anything else (in-memory SQLite, PostgreSQL)."""
+    if not url.startswith("sqlite:///"):
+        return None
+    database = url.removeprefix("sqlite:///").split("?", 1)[0]
+    if not database or database == ":memory:":
+        return None
+    return FileWriteLock(Path(database + ".write-lock"))
+
+
+def holding(lock: FileWriteLock | None) -> AbstractContextManager[None]:
+    """``with holding(lock):`` whether or not the database has a write lock."""
+    return lock.hold() if lock is not None else nullcontext()
