@@ -43,3 +43,38 @@ def test_serve_runs_gunicorn_on_loopback(tmp_path: Path):
     finally:
         os.killpg(process.pid, signal.SIGTERM)
         process.wait(timeout=30)
+
+
+def test_a_worker_accepts_one_waiting_connection_at_a_time():
+    """Workers share the listening socket; asyncio would let the first to wake take every waiting
+    connection (and keep them: keep-alive). server._FairAcceptLoop takes one per readiness event."""
+    import asyncio
+
+    from cds_service.server import _FairAcceptLoop
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(16)
+    listener.setblocking(False)
+    clients = [socket.create_connection(listener.getsockname()) for _ in range(3)]
+    loop = _FairAcceptLoop()
+    try:
+        time.sleep(0.05)  # the three connections wait in the accept queue
+        loop._accept_connection(asyncio.Protocol, listener, None, None, 100)
+        left = 0
+        while True:
+            try:
+                conn, _ = listener.accept()
+            except BlockingIOError:
+                break
+            conn.close()
+            left += 1
+        assert left == 2  # one accepted by the loop, two left for the other workers
+    finally:
+        for task in asyncio.all_tasks(loop):
+            task.cancel()
+        loop.run_until_complete(asyncio.sleep(0))
+        loop.close()
+        for client in clients:
+            client.close()
+        listener.close()
