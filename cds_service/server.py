@@ -103,9 +103,10 @@ class _FairAcceptLoop(asyncio.SelectorEventLoop):
     Why (issue 16, measured): asyncio accepts up to 100 waiting connections each time the shared
     listening socket is readable, so when clients connect at once the worker that wakes first takes
     them all and keeps them for as long as they stay alive: 8 keep-alive connections on one worker
-    left the other core idle (~260 req/s instead of ~530 at 8 connections). Taking one at a time,
-    the workers take turns, and an idle worker, whose loop is not waiting for the interpreter lock,
-    wins the next connection.
+    left the other core idle (W1/W2 at 8 connections: 253–275 req/s; 380–535 with this loop). Taking
+    one at a time, an idle worker, whose loop is not waiting for the interpreter lock, tends to win the
+    next connection. Best effort: when every worker is idle and a burst arrives, the first awake can
+    still take several before another wakes (docs/benchmarks.md, the repeated body).
     """
 
     def _accept_connection(self, protocol_factory: Any, sock: Any, sslcontext: Any = None, server: Any = None,
