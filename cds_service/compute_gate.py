@@ -25,8 +25,6 @@ from collections import deque
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager
 
-from .metrics import GATE_OVERFLOWS
-
 
 class ComputeGate:
     """A fair (first come, first served) mutex with a waiting limit; see the module docstring."""
@@ -66,6 +64,10 @@ class ComputeGate:
             except ValueError:  # handed over between the timeout and here: ours after all
                 self._local.held = True
                 return True
+        # imported here, not at the top: the server imports this module (through auth) before it has
+        # created the multi-process metrics directory that every metric needs
+        from .metrics import GATE_OVERFLOWS
+
         GATE_OVERFLOWS.inc()
         return False
 

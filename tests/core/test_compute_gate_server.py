@@ -68,7 +68,8 @@ def service(tmp_path: Path):
            "CDS_AUTO_MIGRATE": "true", "CDS_WORKERS": "1", "CDS_THREADS": "4", "CDS_GATE_WAIT_MS": "20000",
            "CDS_ALLOW_OPEN_FHIR_SERVERS": "true", "CDS_FHIR_TIMEOUT": "6", "CDS_DEADLINE": "7",
            "PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "metrics")}
-    (tmp_path / "metrics").mkdir()
+    # the metrics directory is not created here: `serve` creates it (a module imported before it did
+    # once crashed the server at start-up)
     cli = Path(sys.executable).parent / "cds-service"
     with open(tmp_path / "serve.log", "wb") as log:
         process = subprocess.Popen([str(cli), "serve", "--port", str(port)], env=env, stdout=log,
