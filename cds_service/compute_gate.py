@@ -5,9 +5,10 @@ while another waits on the EHR's FHIR server. But when several of them compute, 
 interpreter lock, and the hand-overs cost: the same order-select call took 1.8–2.0 ms of CPU on one
 thread and 2.7–2.8 ms with four (bench/tail_probe.py), and the server's CPU per hook call fell by a
 quarter with one thread. With the gate the threads take turns for the computing and keep overlapping
-where it matters: a call gives the gate up while it waits on I/O (:func:`released` around the FHIR
-server, the JWKS load, the served-card write) and then takes the next turn, ahead of the calls that
-have not started yet.
+where it matters: a call gives the gate up while it waits on the network (:func:`released` around
+the FHIR server and the JWKS load) and then takes the next turn, ahead of the calls that have not
+started yet. Database writes keep the gate: they take a fraction of a millisecond, and releasing it
+there made the tail worse (the call re-queued; bench/NOTES.md).
 
 Fairness: waiters are served in arrival order, handed the gate directly. Head-of-line blocking is
 bounded: a call that waited ``wait_limit`` seconds goes ahead without the gate (as without a gate:
@@ -72,7 +73,7 @@ class ComputeGate:
         return False
 
     def release(self) -> None:
-        """Give the gate to the longest waiter, or free it."""
+        """Give the gate to the first in the queue, or free it."""
         self._local.held = False
         with self._mutex:
             if self._waiters:
@@ -109,5 +110,5 @@ GATE = ComputeGate(wait_limit=0.05)
 
 
 def released() -> AbstractContextManager[None]:
-    """``with released():`` around a blocking wait (network, database) inside a hook call."""
+    """``with released():`` around a blocking network wait (FHIR server, JWKS) inside a hook call."""
     return GATE.released()
