@@ -19,7 +19,8 @@ from cds_service.clinical.model import Evidence, State
 
 READ_STATUSES = frozenset({"completed", "amended"})
 
-BOOLEAN_ITEMS = (
+#: The symptom section (inflammatory back pain features, leg pain).
+SYMPTOM_ITEMS = (
     "insidious-onset",
     "morning-stiffness-over-30-min",
     "improves-with-movement",
@@ -29,6 +30,9 @@ BOOLEAN_ITEMS = (
     "alternating-buttock-pain",
     "nsaid-response-within-48h",
     "leg-pain-below-knee",
+)
+#: The red-flag section (spec section 5): fixtures and tests answer it as a whole.
+RED_FLAG_ITEMS = (
     "saddle-anaesthesia",
     "bladder-or-bowel-dysfunction",
     "progressive-leg-weakness",
@@ -40,6 +44,7 @@ BOOLEAN_ITEMS = (
     "significant-trauma",
     "long-term-steroids",
 )
+BOOLEAN_ITEMS = (*SYMPTOM_ITEMS, *RED_FLAG_ITEMS)
 DATE_ITEMS = ("pain-onset-date",)
 
 

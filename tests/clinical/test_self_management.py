@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from cds_service.clinical.questionnaire import RED_FLAG_ITEMS
 from cds_service.clinical.self_management import evaluate_self_management
 
 from .builders import ICD, SNOMED, condition, days_ago, lbp, observation, patient, questionnaire_response, record
@@ -48,18 +49,6 @@ def test_not_without_known_duration_or_episode(run) -> None:
 
 
 # -- rev 2: "no red flags" only when each was explicitly answered no --------------------------------
-RED_FLAG_ITEMS = (
-    "saddle-anaesthesia",
-    "bladder-or-bowel-dysfunction",
-    "progressive-leg-weakness",
-    "fever",
-    "unexplained-weight-loss",
-    "history-of-cancer",
-    "iv-drug-use",
-    "immunosuppression",
-    "significant-trauma",
-    "long-term-steroids",
-)
 
 
 def osteoporosis_absent() -> dict:
