@@ -23,6 +23,8 @@ import hashlib
 import hmac
 import json
 import logging
+import sqlite3
+import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -73,6 +75,8 @@ def _parse_timestamp(value: str) -> datetime:
 #: How long a starting worker waits for another process's migration before giving up (it then reports
 #: not-ready and checks again on the next readiness probe or write, without waiting).
 STARTUP_MIGRATION_WAIT_SECONDS = 10.0
+#: How long a SQLite connection waits for another's lock (busy handler; the WAL switch retries as long).
+SQLITE_BUSY_TIMEOUT_MS = 10_000
 
 #: Feedback flags that analytics ignore (the answer cannot be attributed to the card's presentation).
 EXCLUDED_FLAGS = ("service-mismatch", "issuer-mismatch")
@@ -88,7 +92,7 @@ class Store:
             kwargs.update(pool_pre_ping=True, pool_size=5, max_overflow=5, connect_args={"connect_timeout": 3})
         elif url.startswith("sqlite"):
             # a file cannot drop a connection: no ping (a query per checkout, ~15 % of a served-card write)
-            kwargs["connect_args"] = {"timeout": 10}
+            kwargs["connect_args"] = {"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000}
         else:
             kwargs["pool_pre_ping"] = True
         self.engine: Engine = create_engine(url, **kwargs)
@@ -113,8 +117,8 @@ class Store:
 
         try:
             state = migrations.schema_state(self.engine)
-        except SQLAlchemyError:
-            return self._schema_outcome("unreachable")
+        except SQLAlchemyError as exc:
+            return self._schema_outcome("unreachable", type(getattr(exc, "orig", None) or exc).__name__)
         except migrations.MigrationError as exc:
             return self._schema_outcome("invalid", str(exc))
         if not state.usable and self.auto_migrate:
@@ -146,8 +150,11 @@ class Store:
     def _schema_outcome(self, status: str, problem: str | None = None) -> bool:
         """Record the schema status; log a problem once per change of status, not on every probe."""
         ready = status in {"current", "ahead"}
-        if not ready and status != "unreachable" and status != self.schema_status:
-            log.error("database schema not usable", extra={"schema_status": status, "error": problem})
+        if not ready and status != self.schema_status:
+            if status == "unreachable":  # the exception type only: its message can quote the URL or a value
+                log.warning("database unreachable", extra={"schema_status": status, "error_type": problem})
+            else:
+                log.error("database schema not usable", extra={"schema_status": status, "error": problem})
         self.schema_status = status
         self._schema_ready = ready
         return ready
@@ -338,9 +345,32 @@ def _suppress(conn: Any, patient_hash: str, topic: str, until: datetime, reason_
 
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor = dbapi_connection.cursor()
-    cursor.execute("PRAGMA journal_mode=WAL")
-    # Under WAL, NORMAL syncs at checkpoints, not on every commit: a power cut may lose the last
-    # served-card rows but never corrupts the file; the fsync per hook call was the largest latency tail.
-    cursor.execute("PRAGMA synchronous=NORMAL")
-    cursor.execute("PRAGMA busy_timeout=10000")
-    cursor.close()
+    try:
+        cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+        _use_wal(cursor)
+        # Under WAL, NORMAL syncs at checkpoints, not on every commit: a power cut may lose the last
+        # served-card rows but never corrupts the file; the fsync per hook call was the largest latency tail.
+        cursor.execute("PRAGMA synchronous=NORMAL")
+    finally:
+        cursor.close()
+
+
+def _use_wal(cursor: Any) -> None:
+    """Put the database in WAL mode (it stays so: later connections only read the mode).
+
+    Switching needs the file to itself, and SQLite answers "database is locked" at once, without
+    waiting out the busy timeout, when another connection holds a lock -- as when several workers
+    open a new database together and one of them is migrating it. Retried here for up to the busy
+    timeout, so that worker is not left "unreachable" (tests/cluster/test_migrations.py)."""
+    deadline = time.monotonic() + SQLITE_BUSY_TIMEOUT_MS / 1000
+    pause = 0.005
+    while True:
+        try:
+            if str(cursor.execute("PRAGMA journal_mode").fetchone()[0]).lower() != "wal":
+                cursor.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() + pause > deadline:
+                raise
+            time.sleep(pause)
+            pause = min(pause * 2, 0.1)
