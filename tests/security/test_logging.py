@@ -106,6 +106,30 @@ def test_redact(text: str) -> None:
     assert "REDACTED" in cleaned
 
 
+def _redact_without_prefilter(text: str) -> str:
+    """The three substitutions alone: what redact() answered before its one-pass pre-check."""
+    from cds_service.logging_setup import _BEARER_RE, _JWT_RE, _REDACTED, _SECRET_FIELD_RE
+
+    text = _SECRET_FIELD_RE.sub(lambda match: f"{match.group(1)}{_REDACTED}", text)
+    text = _JWT_RE.sub("[REDACTED-JWT]", text)
+    return _BEARER_RE.sub(lambda match: f"{match.group(1)} {_REDACTED}", text)
+
+
+def test_the_pre_check_never_changes_what_is_redacted() -> None:
+    """Random texts built from the patterns' pieces, in every case and with the non-ASCII letters that
+    Python's case-insensitive matching folds to ASCII ones (dotless i, long s, Kelvin sign)."""
+    import random
+
+    pieces = ["eyJ", "eYj", "EYJ", JWT, "Bearer", "bEaReR", "beare", "access_token", "ACCESS_TOKEN", "id_token",
+              "refresh_token", "client_secret", "password", "paſſword", "authorization", "authorızation",
+              "AUTHORIZATION", "toKen", "to\u212aen", "=", ":", " ", "%20", "+", '"', "'", "abc123", "x.y_z-",
+              "served 2 cards", "&", ",", ";", "}", "Basic ", "\n"]
+    rng = random.Random(16)
+    for _ in range(20_000):
+        text = "".join(rng.choice(pieces) for _ in range(rng.randint(0, 8)))
+        assert redact(text) == _redact_without_prefilter(text), text
+
+
 def test_redact_leaves_ordinary_text_alone() -> None:
     text = "served 2 cards for hook order-select in 12 ms (status 200)"
     assert redact(text) == text
