@@ -16,7 +16,8 @@ from cds_service.clinical.facts.episode import build_episode
 from cds_service.clinical.facts.model import Finding, PatientFacts, RedFlag, combine
 from cds_service.clinical.facts.red_flag_catalogue import RED_FLAGS, RedFlagSpec
 from cds_service.clinical.facts.red_flag_findings import SPECIAL
-from cds_service.clinical.facts.triage import sort_resources, validate
+from cds_service.clinical.facts.triage import sort_resources
+from cds_service.clinical.facts.validation import validate
 from cds_service.clinical.fhir_read import (
     condition_active,
     condition_clinical_span,

@@ -2,7 +2,7 @@
 
 A chart holds thousands of resources; only those coded in one of the product's value sets (or our
 Questionnaire's responses, medication statements/requests, imaging studies, family history) can matter.
-Those few are validated with fhir.resources R4B; a resource that fails is skipped and listed in
+Those few are validated with fhir.resources R4B (validation.py); a resource that fails is skipped and listed in
 ``skipped`` -- never an exception.
 """
 
@@ -12,9 +12,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from fhir.resources.R4B import get_fhir_model_class
-
 from cds_service.clinical.codes import iter_codings
+from cds_service.clinical.facts.validation import validate
 from cds_service.clinical.fhir_read import reference_of
 from cds_service.clinical.knowledge import Knowledge
 from cds_service.clinical.questionnaire import is_our_questionnaire
@@ -54,24 +53,6 @@ def _is_relevant(resource: dict[str, Any], knowledge: Knowledge) -> bool:
             knowledge.is_known_code(c.get("code")) for c in _list(resource.get("condition")) if isinstance(c, dict)
         )
     return False
-
-
-def validate(resource: dict[str, Any]) -> str | None:
-    """None when the resource is valid FHIR R4B, else a short reason."""
-    try:
-        model = get_fhir_model_class(resource["resourceType"])
-        model.model_validate(resource)
-    except Exception as exc:  # noqa: BLE001 - any parse failure means "skip and report"
-        errors = getattr(exc, "errors", None)
-        if callable(errors):
-            try:
-                first = errors()[0]
-                loc = ".".join(str(p) for p in first.get("loc", ()))
-                return f"{loc}: {first.get('msg', exc)}" if loc else str(first.get("msg", exc))
-            except Exception:  # noqa: BLE001
-                pass
-        return str(exc).splitlines()[0][:200]
-    return None
 
 
 @dataclass
