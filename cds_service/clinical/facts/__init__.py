@@ -1,6 +1,6 @@
 """PatientFacts: everything the rules need, derived once per hook call from the PatientRecord.
 
-model.py (fact types), triage.py (relevance filter + FHIR validation), red_flag_catalogue.py (the red
+model.py (fact types), triage.py (relevance filter), validation.py (FHIR validation), red_flag_catalogue.py (the red
 flags as data), builder.py with episode.py, red_flag_findings.py and history.py (the facts).
 """
 
