@@ -9,6 +9,7 @@ template, one `cds-service serve` behind it, TLS on loopback. Needs nginx (as te
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -65,7 +66,18 @@ def test_request_ids_through_nginx(front: tuple[Nginx, requests.Session], sent: 
     response = session.get(nginx.url + "/healthz", headers={"X-Request-ID": sent}, timeout=10)
     assert response.status_code == 200
     assert (response.headers["X-Request-ID"] == sent) is kept
-    log = Path(nginx.access_log).read_text(encoding="utf-8")
+    log = _access_log_once_it_has(nginx, response.headers["X-Request-ID"])
     assert (sent in log) is kept
     last = parse_access_log(log)[-1]
     assert last["rid"] == response.headers["X-Request-ID"]  # nginx and the service log one id
+
+
+def _access_log_once_it_has(nginx: Nginx, request_id: str, timeout: float = 5.0) -> str:
+    """The access log, read once it holds *request_id* (or after *timeout*): nginx writes a request's
+    line after it has sent the response, so a read right after the response can miss it."""
+    deadline = time.monotonic() + timeout
+    while True:
+        log = Path(nginx.access_log).read_text(encoding="utf-8")
+        if request_id in log or time.monotonic() > deadline:
+            return log
+        time.sleep(0.02)
