@@ -237,6 +237,8 @@ class Knowledge:
         self._any = ValueSet("*", "", "all codes", "")
         for vs in valuesets.values():
             self._any.merge(vs)
+        # valuesets_matching() per (system, code) as written; bounded like ValueSet's own memo
+        self._sets_of_code: dict[tuple[str, str], frozenset[str]] = {}
 
     # -- loading ---------------------------------------------------------------------------------
     @classmethod
@@ -275,6 +277,36 @@ class Knowledge:
 
     def match(self, vs_id: str, concept: Any) -> dict[str, Any] | None:
         return self.valueset(vs_id).match(concept)
+
+    def valuesets_matching(self, concept: Any) -> frozenset[str]:
+        """Ids of every value set whose ``match(concept)`` finds a coding, answered for all sets at once.
+
+        Why: the facts ask ~25 value sets about each relevant Condition and Observation (a red flag,
+        a symptom, a diagnosis each); this lets them skip, with one set lookup, the sets that do not
+        hold the concept, and call ``match`` only for those that do."""
+        if not isinstance(concept, dict):
+            return frozenset()
+        codings = concept.get("coding")
+        if not isinstance(codings, list):
+            return frozenset()
+        found: frozenset[str] = frozenset()
+        for coding in codings:
+            if isinstance(coding, dict):
+                found = found | self._sets_of(coding.get("system"), coding.get("code"))
+        return found
+
+    def _sets_of(self, system: object, code: object) -> frozenset[str]:
+        if not self._any.contains(system, code):
+            return frozenset()
+        if type(system) is str and type(code) is str:
+            key = (system, code)
+            known = self._sets_of_code.get(key)
+            if known is None:
+                known = frozenset(i for i, vs in self._valuesets.items() if vs.contains(system, code))
+                if len(self._sets_of_code) < ValueSet.MEMO_MAX:
+                    self._sets_of_code[key] = known
+            return known
+        return frozenset(i for i, vs in self._valuesets.items() if vs.contains(system, code))
 
     def is_known_code(self, concept: Any) -> bool:
         """Cheap relevance test: does any coding belong to any value set of the product?"""

@@ -56,6 +56,10 @@ class Builder:
         self.qr = QuestionnaireAnswers(self.sorted.of("QuestionnaireResponse"))
         self.conditions = [c for c in self.sorted.of("Condition") if not condition_excluded(c)]
         self.observations = [o for o in self.sorted.of("Observation") if not observation_excluded(o)]
+        # the value sets each Condition's and Observation's code belongs to, found once (see coded())
+        self._sets_of: dict[int, frozenset[str]] = {
+            id(r): knowledge.valuesets_matching(r.get("code")) for r in (*self.conditions, *self.observations)
+        }
         self.meds: list[MedicationUse] = medication_uses(
             [*self.sorted.of("MedicationRequest"), *self.sorted.of("MedicationStatement")],
             self.sorted.medications,
@@ -100,7 +104,11 @@ class Builder:
         met: list[Evidence] = []
         not_met: list[Evidence] = []
         notes: list[str] = []
+        sets_of = self._sets_of
         for cond in self.conditions:
+            sets = sets_of.get(id(cond))
+            if sets is not None and vs_id not in sets:  # match() would find nothing: skip it
+                continue
             coding = with_display(vs.match(cond.get("code")), vs)
             if coding is None or (active_only and not condition_active(cond)):
                 continue
@@ -113,6 +121,9 @@ class Builder:
                     continue
             met.append(evidence_for(cond, coding, span))
         for obs in self.observations:
+            sets = sets_of.get(id(obs))
+            if sets is not None and vs_id not in sets:
+                continue
             coding = with_display(vs.match(obs.get("code")), vs)
             if coding is None:
                 continue
