@@ -121,6 +121,21 @@ def test_an_invalid_concept_is_never_kept_and_the_memo_is_bounded(monkeypatch: p
         assert len(validation._memo) <= 3
 
 
+def test_a_concept_with_free_text_an_id_or_extensions_is_never_kept() -> None:
+    validation._memo.clear()
+    coding = {"system": "http://snomed.info/sct", "code": "279039007", "display": "Low back pain"}
+    for concept in ({"coding": [coding], "text": "back pain since the fall at home"},
+                    {"coding": [coding], "id": "c"},
+                    {"coding": [{**coding, "extension": [{"url": "http://example.org/x", "valueString": "y"}]}]},
+                    {"text": "back pain"}):
+        condition = {"resourceType": "Condition", "id": "c1", "subject": {"reference": "Patient/p"}, "code": concept}
+        assert validate(condition) is None
+    assert validation._memo == {}
+    validate({"resourceType": "Condition", "id": "c1", "subject": {"reference": "Patient/p"},
+              "code": {"coding": [coding]}})
+    assert len(validation._memo) == 1
+
+
 def test_the_concept_elements_found_are_those_of_the_model() -> None:
     fields = dict(validation._concept_fields(get_fhir_model_class("Observation")))
     assert fields["code"] is False and fields["category"] is True and fields["valueCodeableConcept"] is False

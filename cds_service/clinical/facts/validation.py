@@ -15,8 +15,10 @@ How the verdict stays exactly that of a full validation:
   with the same error, at the same place, as before.
 * The resource itself, and every element that is not a CodeableConcept, is validated on every call.
 
-The memo is keyed by the concept's exact JSON bytes, holds validated concepts only (terminology, not
-patient data: no ids, no references), is bounded and is shared by the threads of one process.
+The memo is keyed by the concept's exact JSON bytes, holds valid concepts made of codings only
+(system, version, code, display, userSelected: terminology). A concept with free text, an id or
+extensions may say something about the patient and is validated in place every time, never kept. The
+memo is bounded and is shared by the threads of one process.
 tests/clinical/test_validation_memo.py compares the verdicts with a full validation.
 """
 
@@ -87,9 +89,20 @@ def _with_validated_concepts(model: type, resource: dict[str, Any]) -> dict[str,
     return resource if out is None else out
 
 
+#: What a concept may hold to be kept: codings, each of terminology elements only.
+_CONCEPT_KEYS = frozenset({"coding"})
+_CODING_KEYS = frozenset({"system", "version", "code", "display", "userSelected"})
+
+
+def _terminology_only(value: dict[str, Any]) -> bool:
+    codings = value.get("coding")
+    return (value.keys() <= _CONCEPT_KEYS and isinstance(codings, list)
+            and all(isinstance(c, dict) and c.keys() <= _CODING_KEYS for c in codings))
+
+
 def _validated(value: Any) -> Any:
-    """The validated CodeableConcept for a concept dict that is valid, else *value* unchanged."""
-    if not isinstance(value, dict):
+    """The validated CodeableConcept for a valid concept of terminology only, else *value* unchanged."""
+    if not isinstance(value, dict) or not _terminology_only(value):
         return value
     try:
         key = orjson.dumps(value)
