@@ -34,13 +34,13 @@ def _list(raw: str) -> tuple[str, ...]:
     return tuple(item.strip() for item in raw.replace("\n", ",").split(",") if item.strip())
 
 
-def _number(name: str, raw: str, kind: type = float) -> Any:
+def _number(name: str, raw: str, kind: type = float, *, zero_allowed: bool = False) -> Any:
     try:
         value = kind(raw)
     except ValueError as exc:
         raise SettingsError(f"{name}: expected a number, got {raw!r}") from exc
-    if value <= 0:
-        raise SettingsError(f"{name}: must be positive, got {raw!r}")
+    if value < 0 or (value == 0 and not zero_allowed):
+        raise SettingsError(f"{name}: must be {'zero or more' if zero_allowed else 'positive'}, got {raw!r}")
     return value
 
 
@@ -191,9 +191,8 @@ class Settings:
         for var, (attr, kind) in numbers.items():
             if env.get(var):
                 values[attr] = _number(var, env[var], kind)
-        if env.get("CDS_GATE_WAIT_MS"):  # 0 is allowed: no gate
-            raw = env["CDS_GATE_WAIT_MS"]
-            values["gate_wait_ms"] = 0 if raw.strip() == "0" else _number("CDS_GATE_WAIT_MS", raw, int)
+        if env.get("CDS_GATE_WAIT_MS"):  # 0 turns the gate off
+            values["gate_wait_ms"] = _number("CDS_GATE_WAIT_MS", env["CDS_GATE_WAIT_MS"], int, zero_allowed=True)
         if env.get("CDS_FHIR_ALLOWLIST") is not None and "CDS_FHIR_ALLOWLIST" in env:
             values["fhir_allowlist"] = _list(env["CDS_FHIR_ALLOWLIST"])
         if env.get("CDS_CORS_ORIGINS"):

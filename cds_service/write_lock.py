@@ -22,6 +22,8 @@ from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from pathlib import Path
 
+from sqlalchemy.engine import URL, make_url
+
 log = logging.getLogger("cds_service.store")
 
 
@@ -62,14 +64,20 @@ class FileWriteLock:
                 fcntl.flock(fd, fcntl.LOCK_UN)
 
 
-def for_url(url: str) -> FileWriteLock | None:
+def sqlite_file(url: str | URL) -> str | None:
+    """The file of a SQLite database URL; None for in-memory and ``file:`` URI databases and any other
+    database. The write lock here and the migration lock (migrations.migration_lock) sit beside it."""
+    parsed = make_url(url)
+    database = parsed.database if parsed.get_backend_name() == "sqlite" else None
+    if not database or database == ":memory:" or database.startswith("file:"):
+        return None
+    return database
+
+
+def for_url(url: str | URL) -> FileWriteLock | None:
     """The write lock of a SQLite file database, None for anything else (in-memory SQLite, PostgreSQL)."""
-    if not url.startswith("sqlite:///"):
-        return None
-    database = url.removeprefix("sqlite:///").split("?", 1)[0]
-    if not database or database == ":memory:":
-        return None
-    return FileWriteLock(Path(database + ".write-lock"))
+    database = sqlite_file(url)
+    return FileWriteLock(Path(database + ".write-lock")) if database else None
 
 
 def holding(lock: FileWriteLock | None) -> AbstractContextManager[None]:

@@ -35,6 +35,8 @@ from typing import IO
 
 from sqlalchemy import Connection, Engine, MetaData, inspect, text
 
+from ..write_lock import sqlite_file
+
 log = logging.getLogger("cds_service.migrations")
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent
@@ -164,8 +166,8 @@ def migration_lock(engine: Engine, timeout: float = DEFAULT_LOCK_TIMEOUT) -> Ite
                 except Exception:  # noqa: BLE001 - connection lost: the server released the lock
                     log.warning("migration lock release failed; the server releases it with the session")
         return
-    database = engine.url.database if dialect == "sqlite" else None
-    if not database or database == ":memory:" or database.startswith("file:"):
+    database = sqlite_file(engine.url)
+    if not database:
         if dialect != "sqlite":
             log.warning("no migration lock for dialect %s: run migrations from one process only", dialect)
         with engine.connect() as conn:

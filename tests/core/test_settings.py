@@ -40,8 +40,16 @@ def test_environment_variables_are_read():
         ({"CDS_FHIR_TIMEOUT": "9", "CDS_DEADLINE": "3"}, "CDS_FHIR_TIMEOUT"),
         ({"CDS_CONSOLE": "maybe"}, "CDS_CONSOLE"),
         ({"CDS_AUTH_MODE": "sometimes"}, "CDS_AUTH_MODE"),
+        ({"CDS_GATE_WAIT_MS": "-1"}, "CDS_GATE_WAIT_MS"),
+        ({"CDS_GATE_WAIT_MS": "soon"}, "CDS_GATE_WAIT_MS"),
+        ({"CDS_THREADS": "0"}, "CDS_THREADS"),
     ],
 )
 def test_invalid_values_name_the_variable(env, name):
     with pytest.raises(SettingsError, match=name):
         Settings.from_env(env)
+
+
+@pytest.mark.parametrize(("raw", "expected"), [("0", 0), (" 0 ", 0), ("00", 0), ("75", 75)])
+def test_the_compute_gate_wait_may_be_zero(raw, expected):
+    assert Settings.from_env({"CDS_GATE_WAIT_MS": raw}).gate_wait_ms == expected

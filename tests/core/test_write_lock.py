@@ -68,6 +68,7 @@ def test_only_sqlite_files_get_a_lock(tmp_path: Path):
     assert write_lock.for_url("postgresql+psycopg://u@h/db") is None
     assert write_lock.for_url("sqlite://") is None
     assert write_lock.for_url("sqlite:///:memory:") is None
+    assert write_lock.for_url("sqlite:///file:cds?mode=memory&uri=true") is None
     lock = write_lock.for_url(f"sqlite:///{tmp_path}/cds.sqlite3?timeout=5")
     assert lock is not None and lock.path == tmp_path / "cds.sqlite3.write-lock"
 
